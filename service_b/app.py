@@ -1,0 +1,56 @@
+"""Service B: ``GET /health`` and ``GET /call-echo?msg=...``, which calls Service A's ``/echo``.
+
+Run it with ``python service_b/app.py`` (Flask development server) or under gunicorn with
+``gunicorn -c gunicorn.conf.py 'service_b.app:create_app()'`` (production).
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+
+from echokit.context import REQUEST_ID_ENVIRON
+from echokit.devserver import run_main
+from echokit.responses import BadMessageError, error_response, json_response, parse_msg
+from echokit.settings import ServiceBSettings, service_b_settings
+from echokit.upstream import EchoClient, UpstreamError
+from echokit.web import create_base_app, finish_app
+from service_b.logging_utils import setup_logging
+
+MISSING_MSG = "Missing 'msg' parameter"
+
+
+def create_app(settings: ServiceBSettings | None = None, client: EchoClient | None = None) -> Flask:
+    """Build Service B from ``settings`` (default: the environment) and a client for A."""
+    settings = settings or service_b_settings()
+    server = settings.server
+    logger = setup_logging(server)
+    app = create_base_app(__name__, server, logger)
+    metrics = app.extensions["echokit.metrics"]
+    client = client or EchoClient(settings.upstream, logger=logger, metrics=metrics)
+    app.extensions["echokit.client"] = client
+    # B's readiness body shows the breaker, but an outage of A never makes B unready.
+    app.extensions["echokit.readiness_details"] = lambda: {"service_a": client.status()}
+
+    @app.get("/call-echo")
+    def call_echo() -> Response:
+        """Echo ``msg`` through Service A: 200 with A's answer, 400 without msg, 503 if A fails."""
+        try:
+            msg = parse_msg(request.environ.get("QUERY_STRING", "").encode("latin-1"), server.max_msg_bytes)
+        except BadMessageError as exc:
+            return error_response(exc.status, exc.error)
+        if not msg:
+            return error_response(400, MISSING_MSG)
+        try:
+            echo_response = client.echo(msg, request.environ.get(REQUEST_ID_ENVIRON))
+        except UpstreamError as exc:
+            headers = {}
+            if exc.retry_after_s is not None:
+                headers["Retry-After"] = str(max(1, round(exc.retry_after_s + 0.499)))
+            return error_response(exc.status, exc.error, exc.details, headers)
+        return json_response({"msg": msg, "echo_response": echo_response})
+
+    return finish_app(app, server, logger)
+
+
+if __name__ == "__main__":
+    run_main(create_app, service_b_settings)

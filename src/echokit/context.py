@@ -1,0 +1,28 @@
+"""The current request's ID, carried in a context variable so every log line can show it."""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"
+MAX_REQUEST_ID_LENGTH = 128
+
+# Safe in a header, a log line and a URL: no spaces, quotes, control characters or separators.
+_VALID_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:~+/=-]{{1,{MAX_REQUEST_ID_LENGTH}}}\Z")
+
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+
+def new_request_id() -> str:
+    """A fresh random request ID: 32 hex characters, like a W3C trace id."""
+    return os.urandom(16).hex()
+
+
+def accept_request_id(candidate: str | None) -> str:
+    """The client's request ID when it is well-formed, otherwise a fresh one (never the bad one)."""
+    if candidate and _VALID_REQUEST_ID.match(candidate):
+        return candidate
+    return new_request_id()

@@ -1,0 +1,98 @@
+"""``python service_x/app.py``: the Flask development server, as the document runs it, made to stop well.
+
+On SIGTERM or Ctrl+C the service turns unready, waits the drain delay, stops accepting, lets
+in-flight requests finish (up to the drain timeout) and exits 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from flask import Flask
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from echokit.lifecycle import Lifecycle
+from echokit.logs import escape_control
+
+
+class QuietRequestHandler(WSGIRequestHandler):
+    """Werkzeug's handler without its own access line (ours is logged once per request) or
+    version banner, and with JSON bodies for the errors it answers itself (e.g. 414)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+    def version_string(self) -> str:
+        return "distributed-echo-system"
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        short, _long = self.responses.get(code, ("Error", ""))
+        body = json.dumps({"error": message or short}).encode()
+        self.log_error("code %d, message %s", code, escape_control(message or short))
+        self.send_response(code, short)
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+
+def serve(app: Flask, host: str, port: int, logger: logging.Logger) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, then drain and return (the caller exits 0)."""
+    lifecycle: Lifecycle = app.extensions["echokit.lifecycle"]
+    server = make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
+    stopping = threading.Event()
+
+    def drain_then_stop() -> None:
+        if lifecycle.drain_delay_s > 0:
+            logger.info("draining: /ready answers 503 for %.1fs before the listener closes", lifecycle.drain_delay_s)
+            time.sleep(lifecycle.drain_delay_s)
+        server.shutdown()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            logger.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
+        stopping.set()
+        lifecycle.begin_drain()
+        logger.info("received %s: shutting down gracefully", signal.Signals(signum).name)
+        threading.Thread(target=drain_then_stop, name="drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logger.info("%s listening on http://%s:%d (Flask development server)", logger.name, host, server.port)
+    try:
+        server.serve_forever(poll_interval=0.1)
+    finally:
+        if not lifecycle.wait_idle(lifecycle.drain_timeout_s):
+            logger.warning("drain timeout: %d requests still in flight, exiting anyway", lifecycle.in_flight)
+        server.server_close()
+        logger.info("stopped")
+
+
+def run_main(build: Any, settings_loader: Any) -> None:
+    """Entry point body shared by both ``app.py`` scripts: settings, app, server, clean exit."""
+    from echokit.settings import SettingsError
+
+    try:
+        settings = settings_loader()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    app = build(settings)
+    logger = logging.getLogger(settings.server.service)
+    try:
+        serve(app, settings.server.host, settings.server.port, logger)
+    except OSError as exc:
+        logger.error("cannot listen on %s: %s", settings.server.bind, exc.strerror or exc)
+        raise SystemExit(1) from None

@@ -1,0 +1,149 @@
+"""A circuit breaker: stop calling a failing A, then let one probe through to see if it is back.
+
+closed --(N failures in a row, or failure rate over the window)--> open
+open --(reset time passed; next call becomes the probe)--> half_open
+half_open --(probe succeeds)--> closed;  half_open --(probe fails)--> open
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from echokit.resilience.clock import Clock
+from echokit.resilience.window import SlidingCounts
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half_open"
+
+
+class CircuitOpenError(Exception):
+    """The breaker refused the call; ``retry_after_s`` says when a probe may go through."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failure_threshold: int = 5
+    failure_rate: float = 0.5
+    min_calls: int = 20
+    window_s: float = 10.0
+    reset_s: float = 3.0
+
+
+class CircuitBreaker:
+    """Thread-safe breaker state machine; calls ``on_change(old, new, reason)`` on each transition."""
+
+    def __init__(
+        self,
+        config: BreakerConfig,
+        clock: Clock,
+        on_change: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.on_change = on_change
+        self._state = CLOSED
+        self._consecutive_failures = 0
+        self._opened_at = 0.0
+        self._probe_in_flight = False
+        self._last_failure = "failure"
+        self._window = SlidingCounts(config.window_s, clock, ("success", "failure"))
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return self._state
+
+    def before_call(self) -> None:
+        """Raise CircuitOpenError unless the call may go to A now."""
+        notify = None
+        with self._lock:
+            if self._state == CLOSED:
+                return
+            wait = self._opened_at + self.config.reset_s - self.clock.now()
+            if self._state == OPEN and wait <= 0:
+                notify = self._move(HALF_OPEN, "reset time passed; letting one probe call through")
+                self._probe_in_flight = True
+            elif self._state == HALF_OPEN and not self._probe_in_flight:
+                self._probe_in_flight = True
+            else:
+                retry_after = max(wait, 0.0) if self._state == OPEN else self.config.reset_s
+                raise CircuitOpenError(
+                    f"{self._last_failure} (circuit breaker open after {self._consecutive_failures} "
+                    f"consecutive failures; next probe in {retry_after:.1f}s)",
+                    retry_after,
+                )
+        self._notify(notify)
+
+    def record_success(self) -> None:
+        notify = None
+        with self._lock:
+            self._window.add("success")
+            self._consecutive_failures = 0
+            if self._state == HALF_OPEN:
+                self._probe_in_flight = False
+                notify = self._move(CLOSED, "probe call succeeded")
+        self._notify(notify)
+
+    def record_failure(self, description: str = "failure") -> None:
+        """Count a failed call; ``description`` is repeated to callers refused while open."""
+        notify = None
+        with self._lock:
+            self._last_failure = description
+            self._window.add("failure")
+            self._consecutive_failures += 1
+            if self._state == HALF_OPEN:
+                self._probe_in_flight = False
+                self._opened_at = self.clock.now()
+                notify = self._move(OPEN, "probe call failed")
+            elif self._state == CLOSED:
+                reason = self._trip_reason()
+                if reason:
+                    self._opened_at = self.clock.now()
+                    notify = self._move(OPEN, reason)
+        self._notify(notify)
+
+    def release_probe(self) -> None:
+        """The probe ended without a verdict (e.g. shed locally): let another call probe."""
+        with self._lock:
+            self._probe_in_flight = False
+
+    def _trip_reason(self) -> str | None:
+        cfg = self.config
+        if self._consecutive_failures >= cfg.failure_threshold:
+            return f"{self._consecutive_failures} consecutive failures"
+        failures = self._window.total("failure")
+        calls = failures + self._window.total("success")
+        if calls >= cfg.min_calls and failures / calls >= cfg.failure_rate:
+            return f"failure rate {failures}/{calls} in the last {cfg.window_s:g}s"
+        return None
+
+    def _move(self, new: str, reason: str) -> tuple[str, str, str]:
+        old, self._state = self._state, new
+        if new == CLOSED:
+            self._window = SlidingCounts(self.config.window_s, self.clock, ("success", "failure"))
+        return old, new, reason
+
+    def _notify(self, change: tuple[str, str, str] | None) -> None:
+        if change is not None and self.on_change is not None:
+            self.on_change(*change)
+
+    def snapshot(self) -> dict[str, object]:
+        """State and counts for the readiness body and the logs."""
+        with self._lock:
+            info: dict[str, object] = {
+                "state": self._state,
+                "consecutive_failures": self._consecutive_failures,
+                "recent_failures": self._window.total("failure"),
+                "recent_successes": self._window.total("success"),
+            }
+            if self._state == OPEN:
+                info["retry_after_s"] = round(max(0.0, self._opened_at + self.config.reset_s - self.clock.now()), 3)
+            return info

@@ -1,0 +1,71 @@
+"""JSON responses and the strict parsing of ``msg`` shared by both services."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from flask import Response
+
+JSON_MIMETYPE = "application/json"
+
+# A '%' must start a two-digit hex escape; anything else is invalid percent-encoding.
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def to_json(payload: Mapping[str, Any]) -> str:
+    """Compact JSON in the key order given, as the document shows it: ``{"echo":"hello"}``."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_response(
+    payload: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(to_json(payload), status=status, headers=dict(headers or {}), mimetype=JSON_MIMETYPE)
+
+
+def error_response(
+    status: int, error: str, details: str | None = None, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The one error shape both services use: ``{"error": ..., "details": ...}``."""
+    body: dict[str, Any] = {"error": error}
+    if details is not None:
+        body["details"] = details
+    return json_response(body, status, headers)
+
+
+class BadMessageError(Exception):
+    """``msg`` cannot be accepted; carries the status and a message for the client."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+def parse_msg(query_string: bytes, max_bytes: int) -> str | None:
+    """The first ``msg`` value of a raw query string, decoded strictly as UTF-8.
+
+    ``None`` when there is no ``msg``. Raises ``BadMessageError`` for invalid percent-encoding (400),
+    invalid UTF-8 (400) or a value longer than ``max_bytes`` UTF-8 bytes (414).
+    """
+    if not query_string:
+        return None
+    query = query_string.decode("latin-1")  # WSGI gives bytes as latin-1; decoded below as UTF-8
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if name != "msg":
+            continue
+        if "%" in value and _BAD_PERCENT.search(value):
+            raise BadMessageError(400, "Invalid percent-encoding in 'msg' parameter")
+        raw = unquote_to_bytes(value.replace("+", " ")) if ("%" in value or "+" in value) else value.encode("latin-1")
+        if len(raw) > max_bytes:
+            raise BadMessageError(414, f"'msg' parameter too long: {len(raw)} bytes, the limit is {max_bytes}")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadMessageError(400, "Invalid UTF-8 in 'msg' parameter") from None
+    return None

@@ -1,0 +1,111 @@
+"""What ``gunicorn.conf.py`` needs, computed from the command line and the environment."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from echokit.settings import ServerSettings, SettingsError, service_a_settings, service_b_settings
+
+DEFAULT_WORKERS = 2
+DEFAULT_WORKER_CONNECTIONS = 1000
+
+
+def service_from_argv(argv: Sequence[str]) -> str:
+    """``service_a`` or ``service_b``, from the app named on gunicorn's command line."""
+    found = {name for name in ("service_a", "service_b") for arg in argv if arg.startswith(f"{name}.")}
+    if len(found) != 1:
+        raise SettingsError("name exactly one app: 'service_a.app:create_app()' or 'service_b.app:create_app()'")
+    return found.pop()
+
+
+@dataclass(frozen=True)
+class GunicornSettings:
+    service: str
+    server: ServerSettings
+    workers: int
+    worker_connections: int
+
+    @property
+    def bind(self) -> list[str]:
+        return [self.server.bind]
+
+    @property
+    def log_level(self) -> str:
+        return self.server.log_level
+
+    @property
+    def graceful_timeout(self) -> int:
+        return int(self.server.drain_delay_s + self.server.drain_timeout_s) + 1
+
+    @property
+    def logconfig_dict(self) -> dict[str, Any]:
+        """gunicorn's own lines in the services' format, escaped like theirs."""
+        handler = {"class": "logging.StreamHandler", "formatter": "safe", "stream": "ext://sys.stderr"}
+        json_logs = self.server.log_format == "json"
+        formatter = "echokit.logs.JsonFormatter" if json_logs else "echokit.logs.SafeTextFormatter"
+        return {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"safe": {"()": formatter}},
+            "handlers": {"stderr": handler},
+            "loggers": {
+                "gunicorn.error": {"handlers": ["stderr"], "level": self.server.log_level, "propagate": False},
+                "gunicorn.access": {"handlers": [], "propagate": False},
+            },
+            "root": {"handlers": ["stderr"], "level": "WARNING"},
+        }
+
+    def on_starting(self, arbiter: Any) -> None:
+        """Once per run, before any worker: start the metrics directory empty."""
+        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        os.makedirs(directory, exist_ok=True)
+        for stale in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(stale)
+
+    def child_exit(self, arbiter: Any, worker: Any) -> None:
+        from echokit.metrics import mark_worker_dead
+
+        mark_worker_dead(worker.pid)
+
+
+def ensure_metrics_dir(environ: Any) -> str:
+    """Point prometheus_client's multiprocess mode at a directory, making one if none is set.
+
+    Must run before prometheus_client is first imported: it picks its storage at import time.
+    """
+    directory = environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        directory = tempfile.mkdtemp(prefix="echo-metrics-")
+        environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return str(directory)
+
+
+def _workers(environ: Mapping[str, str], name: str, default: int, high: int) -> int:
+    text = environ.get(name, "").strip() or str(default)
+    if not text.isdigit() or not 1 <= int(text) <= high:
+        raise SettingsError(f"{name} must be a whole number from 1 to {high}, got {text!r}")
+    return int(text)
+
+
+def gunicorn_settings(argv: Sequence[str], environ: Mapping[str, str]) -> GunicornSettings:
+    """Settings for gunicorn.conf.py; a bad value stops gunicorn with a one-line message."""
+    try:
+        service = service_from_argv(argv)
+        loader = service_a_settings if service == "service_a" else service_b_settings
+        server = loader(environ).server
+        ensure_metrics_dir(os.environ)
+        return GunicornSettings(
+            service=service,
+            server=server,
+            workers=_workers(environ, "WEB_CONCURRENCY", DEFAULT_WORKERS, 64),
+            worker_connections=_workers(environ, "WORKER_CONNECTIONS", DEFAULT_WORKER_CONNECTIONS, 100_000),
+        )
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

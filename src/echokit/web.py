@@ -1,0 +1,94 @@
+"""What both Flask apps share: probes, metrics, JSON errors, and the observed WSGI layer."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from echokit.lifecycle import Lifecycle
+from echokit.metrics import Metrics
+from echokit.middleware import ROUTE_ENVIRON, ObservedApp
+from echokit.responses import error_response, json_response
+from echokit.settings import ServerSettings
+
+HEALTH_BODY = {"status": "ok"}
+
+# Client-facing wording for the errors Flask/Werkzeug raise; the status code stays theirs.
+_ERROR_TEXT = {
+    400: "Bad request",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request body too large",
+    414: "Request URI too long",
+    431: "Request header fields too large",
+}
+
+
+def create_base_app(import_name: str, server: ServerSettings, logger: logging.Logger) -> Flask:
+    """A Flask app with ``/health``, ``/ready``, ``/metrics`` and JSON errors for everything.
+
+    The service module adds its own routes, then calls :func:`finish_app`.
+    """
+    app = Flask(import_name)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no route reads a body; refuse big ones early
+    lifecycle = Lifecycle(server.drain_delay_s, server.drain_timeout_s)
+    metrics = Metrics()
+    app.extensions["echokit.lifecycle"] = lifecycle
+    app.extensions["echokit.metrics"] = metrics
+    app.extensions["echokit.settings"] = server
+
+    @app.before_request
+    def remember_route() -> None:
+        rule = request.url_rule
+        if rule is not None:
+            request.environ[ROUTE_ENVIRON] = rule.rule
+
+    @app.get("/health")
+    def health() -> Response:
+        """Liveness: 200 while the process runs, whatever its dependencies do."""
+        return json_response(HEALTH_BODY)
+
+    @app.get("/ready")
+    def ready() -> Response:
+        """Readiness: 503 while starting or draining, 200 otherwise (see the README)."""
+        status, body = lifecycle.readiness()
+        extra = app.extensions.get("echokit.readiness_details")
+        if extra is not None:
+            body.update(extra())
+        return json_response(body, status)
+
+    @app.get("/metrics")
+    def metrics_route() -> Response:
+        data, content_type = metrics.exposition()
+        return Response(data, content_type=content_type)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        response = error_response(code, _ERROR_TEXT.get(code, exc.name))
+        for name, value in exc.get_headers():
+            if name.lower() == "allow":
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception) -> Response:
+        logger.exception("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
+        return error_response(500, "Internal server error")
+
+    return app
+
+
+def finish_app(app: Flask, server: ServerSettings, logger: logging.Logger) -> Flask:
+    """Wrap the app in the observed WSGI layer, switch tracing on if configured, mark it ready."""
+    lifecycle: Lifecycle = app.extensions["echokit.lifecycle"]
+    app.wsgi_app = ObservedApp(  # type: ignore[method-assign]
+        app.wsgi_app, logger, lifecycle, app.extensions["echokit.metrics"], server.log_probes
+    )
+    from echokit import tracing  # imports OpenTelemetry only when it is switched on
+
+    tracing.instrument_app(app, server.service)
+    lifecycle.mark_ready()
+    return app
