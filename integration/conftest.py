@@ -1,0 +1,49 @@
+"""Fixtures for tests that run the real services as processes on free ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import ServiceProcess, start_service
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start services with ``services("a", mode=..., env=...)``; all are stopped at teardown."""
+    started: list[ServiceProcess] = []
+
+    def start(name: str, **kwargs: Any) -> ServiceProcess:
+        service = start_service(name, tmp_path, **kwargs)
+        started.append(service)
+        return service
+
+    yield start
+    for service in reversed(started):
+        service.cleanup()
+
+
+@pytest.fixture
+def chain(services: Callable[..., ServiceProcess]) -> Callable[..., tuple[ServiceProcess, ServiceProcess]]:
+    """Start A then B wired to it: ``a, b = chain(mode="gunicorn", a_env={...}, b_env={...})``."""
+
+    def start(
+        mode: str = "gunicorn",
+        a_env: dict[str, str] | None = None,
+        b_env: dict[str, str] | None = None,
+        workers: int | None = None,
+    ) -> tuple[ServiceProcess, ServiceProcess]:
+        a = services("a", mode=mode, env=a_env, workers=workers)
+        b = services("b", mode=mode, a_port=a.port, env=b_env, workers=workers)
+        return a, b
+
+    return start

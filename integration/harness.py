@@ -1,0 +1,182 @@
+"""Start the real services as processes on free ports, talk HTTP to them, stop them by PID.
+
+Each service runs in its own session (process group), so pausing A (SIGSTOP) freezes the
+gunicorn master and its workers together, and cleanup never touches a process we did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+GUNICORN = str(Path(PYTHON).with_name("gunicorn"))
+APP_FACTORY = {"a": "service_a.app:create_app()", "b": "service_b.app:create_app()"}
+START_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_closed(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@dataclass
+class ServiceProcess:
+    """One running service: its process, port, log file and an HTTP session to it."""
+
+    name: str  # "a" or "b"
+    mode: str  # "dev" (python service_x/app.py) or "gunicorn"
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    session: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def get(self, path: str, timeout: float = 5.0, **kwargs: object) -> requests.Response:
+        return self.session.get(self.url + path, timeout=timeout, **kwargs)  # type: ignore[arg-type]
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_lines(self) -> list[str]:
+        return self.log_text().splitlines()
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Poll /health until it answers 200, the process dies, or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service {self.name} exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                if requests.get(self.url + "/health", timeout=0.5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"service {self.name} not healthy after {timeout}s:\n{self.log_text()}")
+
+    def wait_for_log(self, needle: str, timeout: float = 10.0) -> str:
+        """The first log line containing ``needle``, waiting up to ``timeout`` for it to appear."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_lines():
+                if needle in line:
+                    return line
+            time.sleep(0.05)
+        raise TimeoutError(f"no log line with {needle!r} in {timeout}s:\n{self.log_text()}")
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the service's whole process group (master and workers)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signum)
+
+    def pause(self) -> None:
+        self.signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.signal_group(signal.SIGCONT)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM (graceful shutdown) and wait for the exit code."""
+        self.resume()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once (a crash), and reap it."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def cleanup(self) -> None:
+        """Stop whatever is left of this service: resume, SIGTERM, then SIGKILL if needed."""
+        if self.proc.poll() is None:
+            try:
+                self.resume()
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=5)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stray workers of our own group
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+        self.session.close()
+
+
+def service_env(name: str, port: int, a_port: int | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVICE_", "FAULT_", "OTEL_", "PROMETHEUS_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    if name == "a":
+        env["SERVICE_A_PORT"] = str(port)
+    else:
+        env["SERVICE_B_PORT"] = str(port)
+        if a_port is not None:
+            env["SERVICE_A_URL"] = f"http://127.0.0.1:{a_port}"
+    env.update(extra or {})
+    return env
+
+
+def start_service(
+    name: str,
+    log_dir: Path,
+    *,
+    mode: str = "gunicorn",
+    port: int | None = None,
+    a_port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    workers: int | None = None,
+    wait: bool = True,
+) -> ServiceProcess:
+    """Start Service ``name`` ("a" or "b") in ``mode`` ("dev" or "gunicorn") and wait for /health."""
+    port = port or free_port()
+    full_env = service_env(name, port, a_port, env)
+    if workers is not None:
+        full_env["WEB_CONCURRENCY"] = str(workers)
+    if mode == "dev":
+        command = [PYTHON, f"service_{name}/app.py"]
+    elif mode == "gunicorn":
+        command = [GUNICORN, "-c", "gunicorn.conf.py", APP_FACTORY[name]]
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    log_path = log_dir / f"service_{name}-{port}-{time.monotonic_ns()}.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(  # noqa: S603 - our own fixed command lines
+            command, cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    service = ServiceProcess(name, mode, port, proc, log_path)
+    if wait:
+        try:
+            service.wait_healthy()
+        except BaseException:
+            service.cleanup()
+            raise
+    return service
