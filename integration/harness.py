@@ -6,6 +6,7 @@ gunicorn master and its workers together, and cleanup never touches a process we
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -123,16 +124,16 @@ class ServiceProcess:
                 self.proc.wait(timeout=5)
             except (subprocess.TimeoutExpired, ProcessLookupError):
                 pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # stray workers of our own group
-        except (ProcessLookupError, PermissionError):
-            pass
         if self.proc.poll() is None:
             self.proc.wait(timeout=10)
         self.session.close()
 
 
-def service_env(name: str, port: int, a_port: int | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def service_env(
+    name: str, port: int, a_port: int | None = None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVICE_", "FAULT_", "OTEL_", "PROMETHEUS_"))}
     env["PYTHONUNBUFFERED"] = "1"
     if name == "a":
@@ -169,7 +170,7 @@ def start_service(
         raise ValueError(f"unknown mode {mode!r}")
     log_path = log_dir / f"service_{name}-{port}-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(  # noqa: S603 - our own fixed command lines
+        proc = subprocess.Popen(
             command, cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
     service = ServiceProcess(name, mode, port, proc, log_path)

@@ -10,10 +10,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from echokit.settings import ServerSettings, SettingsError, service_a_settings, service_b_settings
-
-DEFAULT_WORKERS = 2
-DEFAULT_WORKER_CONNECTIONS = 1000
+from echokit.settings import (
+    ServerSettings,
+    SettingsError,
+    WorkerSettings,
+    service_a_settings,
+    service_b_settings,
+    worker_settings,
+)
 
 
 def service_from_argv(argv: Sequence[str]) -> str:
@@ -28,8 +32,15 @@ def service_from_argv(argv: Sequence[str]) -> str:
 class GunicornSettings:
     service: str
     server: ServerSettings
-    workers: int
-    worker_connections: int
+    process_model: WorkerSettings
+
+    @property
+    def workers(self) -> int:
+        return self.process_model.workers
+
+    @property
+    def worker_connections(self) -> int:
+        return self.process_model.worker_connections
 
     @property
     def bind(self) -> list[str]:
@@ -86,13 +97,6 @@ def ensure_metrics_dir(environ: Any) -> str:
     return str(directory)
 
 
-def _workers(environ: Mapping[str, str], name: str, default: int, high: int) -> int:
-    text = environ.get(name, "").strip() or str(default)
-    if not text.isdigit() or not 1 <= int(text) <= high:
-        raise SettingsError(f"{name} must be a whole number from 1 to {high}, got {text!r}")
-    return int(text)
-
-
 def gunicorn_settings(argv: Sequence[str], environ: Mapping[str, str]) -> GunicornSettings:
     """Settings for gunicorn.conf.py; a bad value stops gunicorn with a one-line message."""
     try:
@@ -103,8 +107,7 @@ def gunicorn_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Gunico
         return GunicornSettings(
             service=service,
             server=server,
-            workers=_workers(environ, "WEB_CONCURRENCY", DEFAULT_WORKERS, 64),
-            worker_connections=_workers(environ, "WORKER_CONNECTIONS", DEFAULT_WORKER_CONNECTIONS, 100_000),
+            process_model=worker_settings(environ),
         )
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)

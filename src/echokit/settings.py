@@ -65,6 +65,8 @@ ENV_VARS: dict[str, EnvVar] = _declare(
     EnvVar("BREAKER_MIN_CALLS", "20", "Calls in the window before the failure rate counts.", "B"),
     EnvVar("BREAKER_WINDOW_SECONDS", "10", "Window for the failure rate.", "B"),
     EnvVar("BREAKER_RESET_SECONDS", "3", "Time open before one probe call is let through.", "B"),
+    EnvVar("WEB_CONCURRENCY", "2", "gunicorn worker processes (production mode only).", "A,B"),
+    EnvVar("WORKER_CONNECTIONS", "1000", "Concurrent connections per gunicorn worker (production mode).", "A,B"),
     EnvVar("FAULT_DELAY_MS", "0", "Fault injection: delay every /echo by this much (0 = off).", "A"),
     EnvVar("FAULT_DELAY_JITTER_MS", "0", "Fault injection: add a random 0..N ms to the delay.", "A"),
     EnvVar("FAULT_ERROR_RATE", "0", "Fault injection: share of /echo answered with an error.", "A"),
@@ -260,9 +262,36 @@ def service_b_settings(environ: Mapping[str, str] | None = None) -> ServiceBSett
     return ServiceBSettings(server=_server(read, "service_b"), upstream=upstream)
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """gunicorn's process model, production mode only."""
+
+    workers: int = 2
+    worker_connections: int = 1000
+
+
+def worker_settings(environ: Mapping[str, str] | None = None) -> WorkerSettings:
+    read = _Reader(os.environ if environ is None else environ)
+    return WorkerSettings(
+        workers=read.integer("WEB_CONCURRENCY", 1, 64),
+        worker_connections=read.integer("WORKER_CONNECTIONS", 1, 100_000),
+    )
+
+
 def settings_table() -> list[dict[str, Any]]:
     """Every variable as a row (name, default, services, meaning), for docs and tests."""
     return [
         {"name": v.name, "default": v.default, "services": v.services, "help": v.help}
         for v in ENV_VARS.values()
     ]
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated so it cannot drift from the code."""
+    rows = ["| variable | read by | default | meaning |", "| --- | --- | --- | --- |"]
+    rows += [f"| `{v.name}` | {v.services} | `{v.default}` | {v.help} |" for v in ENV_VARS.values()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m echokit.settings: print the table for the README
+    print(markdown_table())
