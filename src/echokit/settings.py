@@ -228,7 +228,9 @@ def service_a_settings(environ: Mapping[str, str] | None = None) -> ServiceASett
 
 
 def _upstream_url(read: _Reader) -> str:
-    text = read.raw("SERVICE_A_URL").replace("${SERVICE_A_PORT}", read.raw("SERVICE_A_PORT"))
+    text = read.raw("SERVICE_A_URL")
+    if "${SERVICE_A_PORT}" in text:  # the default: A's own port setting, validated as such
+        text = text.replace("${SERVICE_A_PORT}", str(read.integer("SERVICE_A_PORT", 1, 65535)))
     parts = urlsplit(text)
     try:
         port = parts.port

@@ -1,0 +1,121 @@
+"""Parsing ``msg`` from the raw query string, and the JSON bodies both services answer with."""
+
+from __future__ import annotations
+
+import pytest
+
+from echokit.responses import BadMessageError, error_response, json_response, parse_msg, to_json
+
+LIMIT = 4096
+
+
+def parse(query: str, max_bytes: int = LIMIT) -> str | None:
+    # WSGI hands the query string over as latin-1 text; the services re-encode it to bytes like this.
+    return parse_msg(query.encode("latin-1"), max_bytes)
+
+
+@pytest.mark.parametrize(
+    ("query", "msg"),
+    [
+        ("msg=hello", "hello"),
+        ("msg=", ""),
+        ("msg", ""),
+        ("msg=a+b", "a b"),
+        ("msg=a%20b", "a b"),
+        ("msg=%2B", "+"),
+        ("msg=a%26b%3Dc", "a&b=c"),
+        ("msg=%25", "%"),
+        ("msg=caf%C3%A9", "café"),
+        ("msg=%F0%9F%99%82", "🙂"),
+        ("msg=%e2%9c%93", "✓"),
+        ("msg=a=b", "a=b"),
+        ("x=1&msg=hi&y=2", "hi"),
+        ("msg=first&msg=second", "first"),
+        ("&&msg=after-empty-pairs", "after-empty-pairs"),
+        ("msg=a;b", "a;b"),
+    ],
+)
+def test_msg_is_decoded_like_a_form_value(query: str, msg: str) -> None:
+    """'+' is a space, %XX are UTF-8 bytes, the first msg wins and only '&' separates pairs."""
+    assert parse(query) == msg
+
+
+@pytest.mark.parametrize("query", ["", "other=1", "MSG=upper", "msgs=plural", "xmsg=1", "msg%3Dx=1"])
+def test_absent_msg_is_none(query: str) -> None:
+    """Without a parameter named exactly 'msg', there is no message (None)."""
+    assert parse(query) is None
+
+
+@pytest.mark.parametrize("value", ["%", "%4", "%G0", "abc%", "%%41", "100%25%"])
+def test_a_percent_not_followed_by_two_hex_digits_is_a_400(value: str) -> None:
+    """A '%' must start a %XX escape; anything else is rejected with 400 rather than guessed at."""
+    with pytest.raises(BadMessageError) as caught:
+        parse("msg=" + value)
+    assert (caught.value.status, caught.value.error) == (400, "Invalid percent-encoding in 'msg' parameter")
+
+
+@pytest.mark.parametrize("value", ["%FF", "%C3", "%C3%28", "%ED%A0%80", "%C0%80", "%F4%90%80%80", "caf\xe9"])
+def test_bytes_that_are_not_utf8_are_a_400(value: str) -> None:
+    """Truncated sequences, overlongs, surrogates, code points past U+10FFFF and raw latin-1 are rejected."""
+    with pytest.raises(BadMessageError) as caught:
+        parse("msg=" + value)
+    assert (caught.value.status, caught.value.error) == (400, "Invalid UTF-8 in 'msg' parameter")
+
+
+def test_only_the_chosen_msg_is_validated() -> None:
+    """A later, broken duplicate msg is ignored: the first one is the message."""
+    assert parse("msg=ok&msg=%ZZ") == "ok"
+
+
+def test_the_limit_counts_decoded_bytes() -> None:
+    """'%41' is one byte, not three: the limit applies to the decoded message."""
+    assert parse("msg=" + "%41" * 5, max_bytes=5) == "AAAAA"
+    with pytest.raises(BadMessageError):
+        parse("msg=" + "%41" * 6, max_bytes=5)
+
+
+def test_the_limit_counts_utf8_bytes_not_characters() -> None:
+    """Two 2-byte characters are 4 bytes: allowed at a 4-byte limit, refused at 3 with 414."""
+    assert parse("msg=%C3%A9%C3%A9", max_bytes=4) == "éé"
+    with pytest.raises(BadMessageError) as caught:
+        parse("msg=%C3%A9%C3%A9", max_bytes=3)
+    assert caught.value.status == 414
+    assert caught.value.error == "'msg' parameter too long: 4 bytes, the limit is 3"
+
+
+def test_unencoded_text_is_limited_too() -> None:
+    """A plain value with no escapes is held to the same byte limit."""
+    with pytest.raises(BadMessageError) as caught:
+        parse("msg=" + "x" * 11, max_bytes=10)
+    assert caught.value.status == 414
+
+
+# --- JSON bodies ------------------------------------------------------------------------------------
+
+
+def test_json_is_compact_in_the_given_key_order() -> None:
+    """Bodies are compact JSON with keys in the order given, exactly as the document shows them."""
+    assert to_json({"msg": "hello", "echo_response": {"echo": "hello"}}) == (
+        '{"msg":"hello","echo_response":{"echo":"hello"}}'
+    )
+
+
+def test_json_keeps_unicode_and_escapes_what_json_requires() -> None:
+    """Non-ASCII stays as UTF-8 text; quotes, backslashes and controls are JSON-escaped."""
+    assert to_json({"echo": 'é "q" \\ \n'}) == '{"echo":"é \\"q\\" \\\\ \\n"}'
+
+
+def test_error_response_shape() -> None:
+    """Errors are {"error": ...} plus "details" only when there are details, as application/json."""
+    plain = error_response(400, "Missing 'msg' parameter")
+    assert plain.status_code == 400
+    assert plain.get_data(as_text=True) == '{"error":"Missing \'msg\' parameter"}'
+    detailed = error_response(503, "Service A unavailable", "Connection error: x", {"Retry-After": "3"})
+    assert detailed.get_json() == {"error": "Service A unavailable", "details": "Connection error: x"}
+    assert detailed.headers["Retry-After"] == "3"
+    assert detailed.mimetype == "application/json"
+
+
+def test_json_response_is_utf8() -> None:
+    """A body with non-ASCII text is sent as UTF-8 bytes."""
+    assert json_response({"echo": "日本"}).data == '{"echo":"日本"}'.encode()
