@@ -18,6 +18,10 @@ bind = _config.bind
 workers = _config.workers
 worker_class = "echokit.gunicorn_worker.GracefulGeventWorker"
 worker_connections = _config.worker_connections
+# A replacement instance can bind the same port before the old one is sent SIGTERM, so a restart
+# outside gunicorn's own reload (SIGHUP) never refuses a connection. The cost: a second instance
+# started by mistake on the same port shares the traffic instead of failing with "address in use".
+reuse_port = True
 # Idle keep-alive connections close after this long; it is also how long a client may take to
 # send a request's headers, so a slowloris client ties up one greenlet for 5 s at most.
 keepalive = 5

@@ -7,7 +7,8 @@ hanging on a frozen A cost 200 greenlets, not 200 threads, and ``/health`` keeps
 from __future__ import annotations
 
 import json
-from types import FrameType
+import weakref
+from types import FrameType, TracebackType
 from typing import Any
 
 import gevent
@@ -32,9 +33,55 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
 util.write_error = write_json_error
 
 
+# How long a keep-alive connection must stay idle after the worker stops accepting before it is closed.
+IDLE_CLOSE_GRACE_S = 0.5
+
+
+class _NextRequestWait:
+    """gunicorn's keep-alive wait for a connection's next request (a silent ``gevent.Timeout``), which
+    a stopping worker can end at once: an idle keep-alive connection (B keeps a pool of them to A) is
+    not a request in flight and should not hold the shutdown for up to ``keepalive`` seconds."""
+
+    def __init__(self, worker: GracefulGeventWorker, seconds: float, idle: bool) -> None:
+        self.worker = worker
+        self.timeout = gevent.Timeout(seconds, False)
+        self.idle = idle  # False while waiting for a connection's first request: that one is kept
+        self.greenlet: Any = None
+
+    def __enter__(self) -> _NextRequestWait:
+        self.greenlet = gevent.getcurrent()
+        self.timeout.start()
+        if self.idle:
+            self.worker._idle_waits.add(self)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> bool:
+        self.worker._idle_waits.discard(self)
+        self.timeout.close()
+        return value is self.timeout  # our own timeout: no next request, so gunicorn closes the connection
+
+    def end_if_still_idle(self) -> None:
+        """Close the connection unless a request arrived since the worker started stopping."""
+        if self in self.worker._idle_waits and isinstance(self.greenlet, gevent.Greenlet):
+            self.timeout.close()
+            self.greenlet.kill(self.timeout, block=False)
+
+
 class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
     """On SIGTERM: /ready turns 503, serving goes on for the drain delay, then the worker stops
-    accepting and gunicorn waits for in-flight requests (``graceful_timeout``)."""
+    accepting, closes idle keep-alive connections, and gunicorn waits for in-flight requests
+    (``graceful_timeout``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._idle_waits: set[_NextRequestWait] = set()
+        self._connections_seen: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def timeout_ctx(self) -> _NextRequestWait:
+        current = gevent.getcurrent()
+        idle = current in self._connections_seen  # a later wait on the same connection's greenlet
+        self._connections_seen.add(current)
+        return _NextRequestWait(self, self.cfg.keepalive, idle)
 
     def _lifecycle(self) -> Lifecycle | None:
         extensions = getattr(getattr(self, "wsgi", None), "extensions", None) or {}
@@ -44,10 +91,22 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         lifecycle = self._lifecycle()
         if lifecycle is None or not lifecycle.begin_drain() or lifecycle.drain_delay_s <= 0:
-            self.alive = False
+            self._stop_accepting()
             return
         self.log.info("draining: /ready answers 503 for %.1fs before the listener closes", lifecycle.drain_delay_s)
         gevent.spawn_later(lifecycle.drain_delay_s, self._stop_accepting)
 
+    def handle_quit(self, sig: int, frame: FrameType | None) -> None:
+        # SIGINT/SIGQUIT (Ctrl+C in a terminal reaches the workers too): stop at once, without the
+        # drain delay. gunicorn's own handler calls sys.exit() inside a greenlet, which gevent
+        # prints as a "failed with SystemExit" traceback on every Ctrl+C (benoitc/gunicorn#3239).
+        self.cfg.worker_int(self)
+        self._stop_accepting()
+
     def _stop_accepting(self) -> None:
         self.alive = False
+        # A busy connection's next request is answered with "Connection: close" (gunicorn does that
+        # once the worker is not alive). One that stays idle for IDLE_CLOSE_GRACE_S is closed then:
+        # closing at once would race clients that are just sending on it (they would see a reset).
+        for wait in list(self._idle_waits):
+            gevent.spawn_later(IDLE_CLOSE_GRACE_S, wait.end_if_still_idle)

@@ -151,7 +151,7 @@ class EchoClient:
 
     def _attempt(self, target: str, deadline: Deadline, attempt: int, request_id: str | None) -> dict[str, str]:
         try:
-            self.breaker.before_call()
+            probe = self.breaker.before_call()
         except CircuitOpenError as exc:
             self.logger.warning("call to Service A refused: %s", exc)
             raise UpstreamError(
@@ -161,14 +161,15 @@ class EchoClient:
             result = self._send(target, deadline, attempt, request_id)
         except UpstreamError as exc:
             if exc.counts_against_a:
-                self.breaker.record_failure(exc.details)
-            else:
+                self.breaker.record_failure(exc.details, probe=probe)
+            elif probe:  # only the probe holds the half-open slot; a straggler must not free it
                 self.breaker.release_probe()
             raise
         except BaseException:
-            self.breaker.release_probe()
+            if probe:
+                self.breaker.release_probe()
             raise
-        self.breaker.record_success()
+        self.breaker.record_success(probe=probe)
         return result
 
     def _send(self, target: str, deadline: Deadline, attempt: int, request_id: str | None) -> dict[str, str]:
@@ -176,7 +177,11 @@ class EchoClient:
         url = self.echo_url
         if remaining <= 0:
             raise UpstreamError("timeout", f"Timeout: no time left of the {self.settings.timeout_s:g}s budget")
-        timeout = urllib3.Timeout(connect=min(self.settings.connect_timeout_s, remaining), read=remaining)
+        # total= makes the read timeout what is left after connecting: without it a slow connect
+        # (a busy A's full accept queue) plus a full read timeout would outlast the deadline.
+        timeout = urllib3.Timeout(
+            total=remaining, connect=min(self.settings.connect_timeout_s, remaining), read=remaining
+        )
         headers = {TIMEOUT_HEADER: deadline.header_ms()}
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
@@ -202,6 +207,13 @@ class EchoClient:
         except (ProtocolError, HTTPError) as exc:
             raise self._connection_error(url, remaining, attempt, sent, exc) from None
         elapsed_ms = (perf_counter() - sent) * 1000
+        if response.status == 504:
+            # A gives up at the deadline B sent it (X-Request-Timeout-Ms) with a 504, at the same moment
+            # B's read would time out: report both the same way. Still retryable (a 504 from a proxy may
+            # come early); the retry loop never retries past the deadline.
+            raise self._failed(url, remaining, attempt, sent, UpstreamError(
+                "timeout", f"Timeout: Service A did not answer within {self.settings.timeout_s:g}s", retryable=True,
+            ))
         if response.status != 200:
             retryable = response.status in RETRYABLE_STATUSES
             error = UpstreamError(

@@ -3,6 +3,10 @@
 closed --(N failures in a row, or failure rate over the window)--> open
 open --(reset time passed; next call becomes the probe)--> half_open
 half_open --(probe succeeds)--> closed;  half_open --(probe fails)--> open
+
+Only the probe's verdict moves a half-open breaker: calls admitted before the circuit opened may
+still finish while it is open or half-open, and their late results are counted but must not
+close (or re-open) the circuit, or a straggler's success would close it while A is still down.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probe_in_flight = False
         self._last_failure = "failure"
+        self._open_reason = ""
         self._window = SlidingCounts(config.window_s, clock, ("success", "failure"))
         self._lock = threading.Lock()
 
@@ -61,12 +66,15 @@ class CircuitBreaker:
         with self._lock:
             return self._state
 
-    def before_call(self) -> None:
-        """Raise CircuitOpenError unless the call may go to A now."""
+    def before_call(self) -> bool:
+        """Raise CircuitOpenError unless the call may go to A now; True if this call is the probe.
+
+        Pass the returned value as ``probe=`` to ``record_success``/``record_failure``.
+        """
         notify = None
         with self._lock:
             if self._state == CLOSED:
-                return
+                return False
             wait = self._opened_at + self.config.reset_s - self.clock.now()
             if self._state == OPEN and wait <= 0:
                 notify = self._move(HALF_OPEN, "reset time passed; letting one probe call through")
@@ -76,37 +84,46 @@ class CircuitBreaker:
             else:
                 retry_after = max(wait, 0.0) if self._state == OPEN else self.config.reset_s
                 raise CircuitOpenError(
-                    f"{self._last_failure} (circuit breaker open after {self._consecutive_failures} "
-                    f"consecutive failures; next probe in {retry_after:.1f}s)",
+                    f"{self._last_failure} (circuit breaker open: {self._open_reason}; "
+                    f"next probe in {retry_after:.1f}s)",
                     retry_after,
                 )
         self._notify(notify)
+        return True
 
-    def record_success(self) -> None:
+    def record_success(self, probe: bool | None = None) -> None:
+        """Count a successful call. ``probe`` is what ``before_call`` returned; None means "treat
+        it as the probe if the breaker is half-open" (right for one caller at a time)."""
         notify = None
         with self._lock:
             self._window.add("success")
-            self._consecutive_failures = 0
-            if self._state == HALF_OPEN:
+            if self._state == CLOSED:
+                self._consecutive_failures = 0
+            elif self._state == HALF_OPEN and probe is not False:
+                self._consecutive_failures = 0
                 self._probe_in_flight = False
                 notify = self._move(CLOSED, "probe call succeeded")
+            # Otherwise a straggler admitted before the circuit opened: counted, no verdict.
         self._notify(notify)
 
-    def record_failure(self, description: str = "failure") -> None:
-        """Count a failed call; ``description`` is repeated to callers refused while open."""
+    def record_failure(self, description: str = "failure", probe: bool | None = None) -> None:
+        """Count a failed call; ``description`` is repeated to callers refused while open.
+        ``probe`` as for ``record_success``."""
         notify = None
         with self._lock:
             self._last_failure = description
             self._window.add("failure")
             self._consecutive_failures += 1
-            if self._state == HALF_OPEN:
+            if self._state == HALF_OPEN and probe is not False:
                 self._probe_in_flight = False
                 self._opened_at = self.clock.now()
+                self._open_reason = "the probe call failed"
                 notify = self._move(OPEN, "probe call failed")
             elif self._state == CLOSED:
                 reason = self._trip_reason()
                 if reason:
                     self._opened_at = self.clock.now()
+                    self._open_reason = reason
                     notify = self._move(OPEN, reason)
         self._notify(notify)
 

@@ -40,7 +40,7 @@ def parse_timeout_header(value: str | None) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or len(text) > 7:
+    if not (text.isascii() and text.isdigit()) or len(text) > 7:  # isdigit() alone accepts '²' and '٣'
         raise ValueError(f"{TIMEOUT_HEADER} must be whole milliseconds from 0 to {MAX_TIMEOUT_MS}")
     millis = int(text)
     if millis > MAX_TIMEOUT_MS:
