@@ -120,7 +120,9 @@ class ServiceProcess:
         if self.proc.poll() is None:
             try:
                 self.resume()
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                # To the master only: gunicorn's master stops its workers itself; SIGTERM to the
+                # whole group makes the master wait out workers that already left.
+                self.proc.send_signal(signal.SIGTERM)
                 self.proc.wait(timeout=5)
             except (subprocess.TimeoutExpired, ProcessLookupError):
                 pass

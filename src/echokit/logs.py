@@ -65,6 +65,14 @@ class SafeTextFormatter(logging.Formatter):
         record.message = message
         return super().formatMessage(record)
 
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.exc_text or record.stack_info:
+            # logging appends tracebacks on their own lines; an exception message is often client
+            # text, so the whole record is escaped onto one line like everything else.
+            line = escape_control(line)
+        return line
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: timestamp, level, logger, message and the request's fields."""
@@ -86,7 +94,11 @@ class JsonFormatter(logging.Formatter):
                 entry[field] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        line = json.dumps(entry, ensure_ascii=False)
+        if "\u2028" in line or "\u2029" in line:
+            # Valid in a JSON string, but some viewers split lines on them: write them as escapes.
+            line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        return line
 
 
 def make_handler(log_format: str) -> logging.Handler:

@@ -7,6 +7,8 @@ worker writes its samples to files there and ``/metrics`` sums them across worke
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,6 +16,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
@@ -22,10 +25,44 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPT
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0)
 BREAKER_STATES = ("closed", "open", "half_open")
 UPSTREAM_OUTCOMES = ("success", "timeout", "connection_error", "bad_status", "bad_response", "shed", "circuit_open")
+# No ``*_created`` series: in the 0.0.4 text format Prometheus reads them as extra gauges, and
+# multiprocess mode (gunicorn) never has them, so the dev server's /metrics now reads the same.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Bound on the cache of labelled children: method is client-chosen (mapped to OTHER), so the raw
+# key space is not bounded; the label space is.
+_CHILD_CACHE_LIMIT = 1024
 
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class UpstreamMetrics:
+    """Service B's families for its calls to A: outcomes, latency, retries, circuit breaker."""
+
+    def __init__(self, reg: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "upstream_requests", "Calls from B to A, by final outcome.", ("outcome",), registry=reg,
+        )
+        self.latency = Histogram(
+            "upstream_request_duration_seconds", "Time of a call from B to A, retries included, by outcome.",
+            ("outcome",), buckets=LATENCY_BUCKETS, registry=reg,
+        )
+        self.retries = Counter(
+            "upstream_retries", "Retries of calls from B to A.", registry=reg,
+        )
+        self.retries_denied = Counter(
+            "upstream_retries_denied", "Retries not made because the retry budget was spent.", registry=reg,
+        )
+        self.breaker_state = Gauge(
+            "circuit_breaker_state", "1 for the circuit breaker's current state, 0 for the others.",
+            ("state",), registry=reg, multiprocess_mode="livemax",
+        )
+        self.breaker_transitions = Counter(
+            "circuit_breaker_transitions", "Circuit breaker state changes, by the state entered.",
+            ("state",), registry=reg,
+        )
 
 
 class Metrics:
@@ -40,39 +77,72 @@ class Metrics:
             ("method", "route", "status"), registry=reg,
         )
         self.latency = Histogram(
-            "http_request_duration_seconds", "Time to serve an HTTP request, by method and route template.",
-            ("method", "route"), buckets=LATENCY_BUCKETS, registry=reg,
+            "http_request_duration_seconds",
+            "Time to serve an HTTP request, by method, route template and status.",
+            ("method", "route", "status"), buckets=LATENCY_BUCKETS, registry=reg,
         )
         self.in_flight = Gauge(
             "http_requests_in_flight", "HTTP requests being served right now.",
             registry=reg, multiprocess_mode="livesum",
         )
-        self.upstream_calls = Counter(
-            "upstream_requests", "Calls from B to A, by final outcome.", ("outcome",), registry=reg,
-        )
-        self.upstream_latency = Histogram(
-            "upstream_request_duration_seconds", "Time of a call from B to A, retries included, by outcome.",
-            ("outcome",), buckets=LATENCY_BUCKETS, registry=reg,
-        )
-        self.upstream_retries = Counter(
-            "upstream_retries", "Retries of calls from B to A.", registry=reg,
-        )
-        self.upstream_retries_denied = Counter(
-            "upstream_retries_denied", "Retries not made because the retry budget was spent.", registry=reg,
-        )
-        self.breaker_state = Gauge(
-            "circuit_breaker_state", "1 for the circuit breaker's current state, 0 for the others.",
-            ("state",), registry=reg, multiprocess_mode="livemax",
-        )
-        self.breaker_transitions = Counter(
-            "circuit_breaker_transitions", "Circuit breaker state changes, by the state entered.",
-            ("state",), registry=reg,
-        )
+        self._upstream: UpstreamMetrics | None = None
+        self._upstream_lock = threading.Lock()
+
+        # (method, route, status) -> (counter child, histogram child): labels() takes a lock and
+        # builds tuples on every call; the hot path should not.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        method = method if method in KNOWN_METHODS else "OTHER"
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        """Count one served request and its latency; ``route`` is a template, never a raw path."""
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            label = method if method in KNOWN_METHODS else "OTHER"
+            children = (
+                self.requests.labels(label, route, str(status)),
+                self.latency.labels(label, route, str(status)),
+            )
+            if len(self._request_children) < _CHILD_CACHE_LIMIT:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    @property
+    def upstream(self) -> UpstreamMetrics:
+        """B's families for its calls to A, registered on first use so A's /metrics has none of them.
+
+        B's EchoClient touches them when it is built (it exports the breaker's initial state), so
+        B's /metrics shows them all from the start.
+        """
+        if self._upstream is None:
+            with self._upstream_lock:
+                if self._upstream is None:
+                    self._upstream = UpstreamMetrics(self.registry)
+        return self._upstream
+
+    @property
+    def upstream_calls(self) -> Counter:
+        return self.upstream.calls
+
+    @property
+    def upstream_latency(self) -> Histogram:
+        return self.upstream.latency
+
+    @property
+    def upstream_retries(self) -> Counter:
+        return self.upstream.retries
+
+    @property
+    def upstream_retries_denied(self) -> Counter:
+        return self.upstream.retries_denied
+
+    @property
+    def breaker_state(self) -> Gauge:
+        return self.upstream.breaker_state
+
+    @property
+    def breaker_transitions(self) -> Counter:
+        return self.upstream.breaker_transitions
 
     def set_breaker_state(self, state: str) -> None:
         for name in BREAKER_STATES:

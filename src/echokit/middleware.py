@@ -7,11 +7,17 @@ and errors Flask turns into 500s.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from typing import Any
 
-from echokit.context import REQUEST_ID_ENVIRON, REQUEST_ID_HEADER, accept_request_id, current_request_id
+from echokit.context import (
+    REQUEST_ID_ENVIRON,
+    REQUEST_ID_HEADER,
+    TRACE_ID_ENVIRON,
+    accept_request_id,
+    current_request_id,
+)
 from echokit.lifecycle import Lifecycle
 from echokit.metrics import Metrics
 
@@ -49,12 +55,15 @@ class ObservedApp:
 
         self.lifecycle.request_started()
         self.metrics.in_flight.inc()
+        body: Iterable[bytes] | None = None
         try:
-            return self.app(environ, start_response_with_id)
+            body = self.app(environ, start_response_with_id)
+            return _FinishAfterBody(body, self.lifecycle.request_finished)
         finally:
             elapsed = perf_counter() - started
             self.metrics.in_flight.dec()
-            self.lifecycle.request_finished()
+            if body is None:  # the app raised: nothing left to send
+                self.lifecycle.request_finished()
             method = environ.get("REQUEST_METHOD", "")
             path = environ.get("PATH_INFO", "")
             if not path.isascii():  # WSGI hands the path over as latin-1; show it as the UTF-8 it was
@@ -64,6 +73,45 @@ class ObservedApp:
                 latency_ms = round(elapsed * 1000, 2)
                 self.logger.info(
                     "%s %s %d %.2fms", method, path, status_code, latency_ms,
-                    extra={"method": method, "path": path, "status": status_code, "latency_ms": latency_ms},
+                    extra={
+                        "method": method, "path": path, "status": status_code, "latency_ms": latency_ms,
+                        # The request's span has ended by now; echokit.otel kept its trace id here.
+                        "trace_id": environ.get(TRACE_ID_ENVIRON),
+                    },
                 )
             current_request_id.reset(token)
+
+
+
+class _FinishAfterBody:
+    """``body``, then ``finished()`` once the server has sent the last chunk or closed the body.
+
+    A draining server waits for the lifecycle's in-flight count to reach zero and then exits; the
+    count must not drop before the response body is written, or the exit cuts the body off.
+    Exhausting the body (what test clients do) or closing it (what WSGI servers do) both count,
+    once.
+    """
+
+    __slots__ = ("_body", "_done", "_finished")
+
+    def __init__(self, body: Iterable[bytes], finished: Callable[[], None]) -> None:
+        self._body = body
+        self._finished = finished
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._body
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finished()

@@ -21,6 +21,14 @@ def instrument_app(app: Any, service_name: str) -> None:
     """Instrument a Flask app (and, for B, its HTTP client) when tracing is on; else do nothing."""
     if not tracing_enabled():
         return
-    from echokit import otel  # type: ignore[attr-defined]  # the import is the switch
+    try:
+        from echokit import otel  # the import is the switch
+    except ImportError as exc:  # tracing asked for but not installed: say how to fix it, in one line
+        from echokit.settings import SettingsError
+
+        raise SettingsError(
+            f"OTEL_TRACES_EXPORTER is set but OpenTelemetry is not installed ({exc.name}): "
+            "pip install -r requirements-otel.txt"
+        ) from None
 
     otel.instrument(app, service_name)
