@@ -38,6 +38,7 @@ loglevel = _config.log_level.lower()
 logconfig_dict = _config.logconfig_dict
 proc_name = _config.service
 on_starting = _config.on_starting
+when_ready = _config.when_ready
 child_exit = _config.child_exit
 # No runtime control socket: two services on one host would fight over its default path, and
 # the container's root filesystem is read-only.

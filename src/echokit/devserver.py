@@ -27,8 +27,35 @@ class QuietRequestHandler(WSGIRequestHandler):
     """Werkzeug's handler without its own access line (ours is logged once per request) or
     version banner, and with JSON bodies for the errors it answers itself (e.g. 414)."""
 
+    # A client that connects and sends nothing, or stops in the middle of its headers, is dropped after
+    # this long (gunicorn's keepalive is the same 5 s), so it cannot hold a thread for ever.
+    timeout = 5
+    # Errors found before the HTTP version is known still get a status line (http.server's default,
+    # HTTP/0.9, sends a bare body).
+    default_request_version = "HTTP/1.0"
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        """http.server's own lines (timeouts, refused requests) in the service's log format, escaped."""
+        service = self.server.app.extensions["echokit.settings"].service  # type: ignore[attr-defined]
+        logging.getLogger(service).warning("%s", escape_control(message % args if args else message))
+
+    def parse_request(self) -> bool:
+        """http.server's parsing, refusing HTTP/0.9 and raw non-ASCII request targets like gunicorn does."""
+        if len(str(self.raw_requestline, "iso-8859-1").split()) == 2:
+            # HTTP/0.9 has no headers: http.server would wait for a blank line that never comes.
+            self.command, self.request_version, self.close_connection = "", self.default_request_version, True
+            self.send_error(400, "HTTP/0.9 requests are not supported")
+            return False
+        if not super().parse_request():
+            return False
+        if not self.path.isascii():
+            # werkzeug would UTF-8-encode the latin-1 text again: 'é' would reach the app as 'Ã©'.
+            self.send_error(400, "Invalid request target: non-ASCII bytes must be percent-encoded")
+            return False
+        return True
 
     def version_string(self) -> str:
         return "distributed-echo-system"

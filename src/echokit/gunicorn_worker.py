@@ -13,6 +13,7 @@ from typing import Any
 
 import gevent
 from gunicorn import util
+from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
 from echokit.lifecycle import Lifecycle
@@ -31,6 +32,8 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
 # gunicorn answers malformed or oversized requests (414, 431, 400) before any app code runs;
 # this makes those answers JSON like every other error of the services.
 util.write_error = write_json_error
+# gunicorn names itself in every answer's Server header; name the project instead, as the dev server does.
+gunicorn_wsgi.SERVER = "distributed-echo-system"
 
 
 # How long a keep-alive connection must stay idle after the worker stops accepting before it is closed.

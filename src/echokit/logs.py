@@ -22,6 +22,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # C0 and C1 controls, DEL, and the Unicode line/paragraph separators some viewers break on.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# What json.dumps(ensure_ascii=False) leaves raw: DEL, the C1 controls and U+2028/U+2029.
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
 
 # Extra record attributes that the JSON format lifts to top-level fields.
 ACCESS_FIELDS = ("method", "path", "status", "latency_ms")
@@ -94,11 +96,9 @@ class JsonFormatter(logging.Formatter):
                 entry[field] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        line = json.dumps(entry, ensure_ascii=False)
-        if "\u2028" in line or "\u2029" in line:
-            # Valid in a JSON string, but some viewers split lines on them: write them as escapes.
-            line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-        return line
+        # DEL, C1 controls (NEL) and U+2028/U+2029 are valid raw in a JSON string, but viewers and
+        # str.splitlines() break lines on some of them: write them all as \u escapes.
+        return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(entry, ensure_ascii=False))
 
 
 def make_handler(log_format: str) -> logging.Handler:

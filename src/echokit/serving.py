@@ -79,6 +79,13 @@ class GunicornSettings:
         for stale in glob.glob(os.path.join(directory, "*.db")):
             os.remove(stale)
 
+    def when_ready(self, arbiter: Any) -> None:
+        # With reuse_port each worker binds the port itself, so gunicorn's own "Listening at"
+        # line has no address in it: say where the service is.
+        arbiter.log.info(
+            "%s listening on http://%s (gunicorn, %d gevent workers)", self.service, self.server.bind, self.workers
+        )
+
     def child_exit(self, arbiter: Any, worker: Any) -> None:
         from echokit.metrics import mark_worker_dead
 

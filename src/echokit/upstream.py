@@ -38,6 +38,9 @@ RETRYABLE_STATUSES = frozenset({502, 503, 504})
 
 # Characters legal in a query value that need no escaping; '&', '=', '+', '#' and '%' are escaped.
 _QUERY_SAFE = "/:@!$'()*,;?~"
+# A's gunicorn refuses a longer request line with 414 before A's code runs (limit_request_line).
+A_MAX_REQUEST_LINE = 8190
+MSG_TOO_LONG = "'msg' parameter too long"
 
 
 @dataclass
@@ -117,6 +120,15 @@ class EchoClient:
         started = perf_counter()
         outcome = "success"
         try:
+            target = f"{self._echo_path}?msg={quote_plus(msg, safe=_QUERY_SAFE)}"
+            line = len(f"GET {target} HTTP/1.1")
+            if line > A_MAX_REQUEST_LINE:
+                # Percent-encoding can triple a msg: say so as a 414 instead of letting A's 414 become a 502.
+                raise UpstreamError(
+                    "rejected",
+                    f"Encoded for Service A, the request line would be {line} bytes; the limit is {A_MAX_REQUEST_LINE}",
+                    status=414, error=MSG_TOO_LONG, counts_against_a=False,
+                )
             if not self.bulkhead.try_enter():
                 raise UpstreamError(
                     "shed",
@@ -128,7 +140,6 @@ class EchoClient:
             try:
                 self.retry_budget.record_call()
                 deadline = Deadline(self.settings.timeout_s, self.clock)
-                target = f"{self._echo_path}?msg={quote_plus(msg, safe=_QUERY_SAFE)}"
                 return run_with_retries(
                     lambda attempt: self._attempt(target, deadline, attempt, request_id),
                     policy=self.retry_policy,

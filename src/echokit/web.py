@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -14,6 +15,7 @@ from echokit.responses import error_response, json_response
 from echokit.settings import ServerSettings
 
 HEALTH_BODY = {"status": "ok"}
+OPENAPI_FILE = "openapi.json"
 
 # Client-facing wording for the errors Flask/Werkzeug raise; the status code stays theirs.
 _ERROR_TEXT = {
@@ -64,6 +66,14 @@ def create_base_app(import_name: str, server: ServerSettings, logger: logging.Lo
         data, content_type = metrics.exposition()
         return Response(data, content_type=content_type)
 
+    openapi = load_openapi(app.root_path)
+    if openapi is not None:
+
+        @app.get("/openapi.json")
+        def openapi_route() -> Response:
+            """The service's checked-in OpenAPI document, byte for byte."""
+            return Response(openapi, mimetype="application/json")
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
@@ -79,6 +89,18 @@ def create_base_app(import_name: str, server: ServerSettings, logger: logging.Lo
         return error_response(500, "Internal server error")
 
     return app
+
+
+def load_openapi(root_path: str) -> bytes | None:
+    """The ``openapi.json`` next to the service module (``service_a/openapi.json``), if there is one.
+
+    ``root_path`` is Flask's folder of the module that built the app, which is right both for
+    ``python service_a/app.py`` (module ``__main__``) and for an installed package; read once at start-up.
+    """
+    try:
+        return (Path(root_path) / OPENAPI_FILE).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def finish_app(app: Flask, server: ServerSettings, logger: logging.Logger) -> Flask:
