@@ -33,6 +33,7 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 # The services log one access line per request themselves, in the document's format.
 accesslog = None
+logger_class = "echokit.serving.AppAccessLogger"
 errorlog = "-"
 loglevel = _config.log_level.lower()
 logconfig_dict = _config.logconfig_dict

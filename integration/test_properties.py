@@ -68,6 +68,15 @@ def check_answer(response: requests.Response, msg: str, path: str, line_limit: i
     elif size > MAX_MSG_BYTES:
         assert response.status_code == 414, response.text[:300]
         assert response.json() == {"error": f"'msg' parameter too long: {size} bytes, the limit is {MAX_MSG_BYTES}"}
+    elif (
+        path == "/call-echo"
+        and request_line_length("/echo", msg) > GUNICORN_REQUEST_LINE
+        and response.status_code == 414
+    ):
+        # B refuses what it could not send to a production A. Fully percent-encoded is the longest
+        # B's own encoding can be, so only messages past that bound may be refused this way.
+        assert response.json()["error"] == "'msg' parameter too long"
+        assert f"the limit is {GUNICORN_REQUEST_LINE}" in response.json()["details"]
     else:
         assert response.status_code == 200, (size, response.text[:300])
         assert response.headers["Content-Type"] == "application/json"

@@ -86,6 +86,18 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
         self._connections_seen.add(current)
         return _NextRequestWait(self, self.cfg.keepalive, idle)
 
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
+        """Serve one request, then let other connections' greenlets run.
+
+        gevent only switches when a call would block, so without this a keep-alive client whose
+        next request is already buffered is served again and again before anyone else: the
+        benchmark measured p99 at 16 connections falling from 150-217 ms to 15-57 ms with it.
+        """
+        try:
+            super().handle_request(listener_name, req, sock, addr)
+        finally:
+            gevent.sleep(0)
+
     def _lifecycle(self) -> Lifecycle | None:
         extensions = getattr(getattr(self, "wsgi", None), "extensions", None) or {}
         lifecycle = extensions.get("echokit.lifecycle")

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gunicorn import glogging
+
 from echokit.settings import (
     ServerSettings,
     SettingsError,
@@ -90,6 +92,17 @@ class GunicornSettings:
         from echokit.metrics import mark_worker_dead
 
         mark_worker_dead(worker.pid)
+
+
+class AppAccessLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger without its access line: the services log their own, once per request.
+
+    With ``logconfig_dict`` set gunicorn would still build every access line's fields and then
+    drop it (about 16 us per request in the benchmark).
+    """
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        return None
 
 
 def ensure_metrics_dir(environ: Any) -> str:
