@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,32 @@ PYTHON = sys.executable
 GUNICORN = str(Path(PYTHON).with_name("gunicorn"))
 APP_FACTORY = {"a": "service_a.app:create_app()", "b": "service_b.app:create_app()"}
 START_TIMEOUT_S = 20.0
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``condition`` every 20 ms until it holds; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The PIDs in process group ``pgid`` (a service's master and its workers), from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        if int(fields[2]) == pgid:
+            pids.append(int(entry.name))
+    return pids
 
 
 def free_port() -> int:
@@ -159,7 +185,10 @@ def start_service(
     workers: int | None = None,
     wait: bool = True,
 ) -> ServiceProcess:
-    """Start Service ``name`` ("a" or "b") in ``mode`` ("dev" or "gunicorn") and wait for /health."""
+    """Start Service ``name`` ("a" or "b") in ``mode`` ("dev", "gunicorn" or "literal") and wait for /health.
+
+    "literal" is the benchmark's baseline, bench/literal/ (the design document taken literally).
+    """
     port = port or free_port()
     full_env = service_env(name, port, a_port, env)
     if workers is not None:
@@ -168,6 +197,8 @@ def start_service(
         command = [PYTHON, f"service_{name}/app.py"]
     elif mode == "gunicorn":
         command = [GUNICORN, "-c", "gunicorn.conf.py", APP_FACTORY[name]]
+    elif mode == "literal":
+        command = [PYTHON, f"bench/literal/service_{name}.py"]
     else:
         raise ValueError(f"unknown mode {mode!r}")
     log_path = log_dir / f"service_{name}-{port}-{time.monotonic_ns()}.log"

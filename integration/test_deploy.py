@@ -325,7 +325,10 @@ def test_compose_file_passes_docker_compose_config(tmp_path):
 
 def test_commands_are_the_production_gunicorn_command(k8s):
     """Image, Compose and Kubernetes run exactly Procfile.prod's gunicorn command for each service."""
-    procfile = dict(line.split(":", 1) for line in PROCFILE.read_text().splitlines() if line.strip())
+    procfile = {  # "name: exec command" (exec: honcho's shell hands signals straight to the server)
+        name: command.strip().removeprefix("exec ")
+        for name, command in (line.split(":", 1) for line in PROCFILE.read_text().splitlines() if line.strip())
+    }
     assert image_command() == shlex.split(procfile["service_a"])  # the image's default is A
     for service in SERVICES:
         spec = compose_service(service)

@@ -12,12 +12,10 @@ from __future__ import annotations
 import re
 import signal
 import statistics
-import time
-from collections.abc import Callable
 
 import requests
 
-from harness import ServiceProcess
+from harness import ServiceProcess, wait_until
 from loadgen import HealthSampler, LoadGenerator, Result, Summary, health_figures, percentile, stop_together
 
 BUDGET_S = 2.0  # UPSTREAM_TIMEOUT_SECONDS' default, which every scenario keeps
@@ -32,16 +30,6 @@ A_ENV = {"LOG_PROBES": "false"}
 _TRANSITION = re.compile(r"circuit breaker (\w+) -> (\w+)")
 _CALL_ACCESS = re.compile(r" GET /call-echo 503 ([\d.]+)ms")
 _ECHO_ACCESS = re.compile(r" GET /echo (\d{3}) ([\d.]+)ms")
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``condition`` every 20 ms until it holds; fail the test with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def get_once(service: ServiceProcess, path: str) -> requests.Response:

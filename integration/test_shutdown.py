@@ -15,7 +15,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from harness import ServiceProcess, port_is_closed
+from harness import ServiceProcess, port_is_closed, wait_until
 
 DRAIN_DELAY_S = 0.5
 SLOW_MS = 1200  # A's injected delay: the request that is in flight when SIGTERM arrives
@@ -31,15 +31,6 @@ def in_flight(service: ServiceProcess) -> float:
     """Requests the service is serving now, /metrics' own request included."""
     match = _IN_FLIGHT.search(get_once(service, "/metrics").text)
     return float(match.group(1)) if match else 0.0
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 class Background:

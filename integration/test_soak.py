@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ServiceProcess
+from harness import ServiceProcess, group_pids
 
 SOAK_S = float(os.environ.get("SOAK_SECONDS", "30"))
 WARMUP_S = 5.0
@@ -35,20 +35,9 @@ class ProcessFigures:
     threads: int
 
 
-def group_pids(service: ServiceProcess) -> list[int]:
-    """The PIDs of the service's process group (the gunicorn master and its workers), from /proc."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == service.pid:  # field 5 of /proc/PID/stat: the process group
-            pids.append(int(entry.name))
-    return sorted(pids)
+def service_pids(service: ServiceProcess) -> list[int]:
+    """The service's gunicorn master and workers."""
+    return sorted(group_pids(service.pid))
 
 
 def figures(pid: int) -> ProcessFigures:
@@ -63,7 +52,7 @@ def figures(pid: int) -> ProcessFigures:
 
 
 def snapshot(services: list[ServiceProcess]) -> dict[tuple[str, int], ProcessFigures]:
-    return {(service.name, pid): figures(pid) for service in services for pid in group_pids(service)}
+    return {(service.name, pid): figures(pid) for service in services for pid in service_pids(service)}
 
 
 @dataclass
