@@ -1,15 +1,17 @@
-"""Benchmark: production mode (gunicorn + gevent) against the document's dev-server mode.
+"""Benchmark: production mode (gunicorn + gevent) against dev mode and the document taken literally.
 
-    python bench/run.py              # full run, ~6 min: results in bench/results/latest.{json,png}
+    python bench/run.py              # full run, ~9 min: results in bench/results/latest.{json,png}
     python bench/run.py --quick      # < 60 s smoke run of every code path (part of scripts/test)
 
-It starts Service A and Service B twice on free loopback ports, once in production mode
-(``gunicorn -c gunicorn.conf.py``, gevent worker) and once as the document runs them
-(``python service_x/app.py``); loads A ``/echo`` and B ``/call-echo`` (the B->A chain) with wrk
-at several connection counts in interleaved rounds; records RSS and thread count of every
-process; then freezes A (SIGSTOP) and fires concurrent calls at B to see how B answers while
-its upstream hangs. Every process it starts runs in its own process group and is stopped in a
-``finally`` block, also on Ctrl+C.
+It starts Service A and Service B three times on free loopback ports: in production mode
+(``gunicorn -c gunicorn.conf.py``, gevent worker), in dev mode as the document runs them
+(``python service_x/app.py``: the project's code on Flask's dev server) and in "literal" mode
+(``bench/literal/``: the design document implemented literally, dev server plus
+``requests.get`` per call to A, the issue's baseline). It loads A ``/echo`` and B
+``/call-echo`` (the B->A chain) with wrk at several connection counts in interleaved rounds;
+records RSS and thread count of every process; then freezes A (SIGSTOP) and fires concurrent
+calls at B to see how B answers while its upstream hangs. Every process it starts runs in its
+own process group and is stopped in a ``finally`` block, also on Ctrl+C.
 
 Exit status: 0 when the harness worked (even if performance targets are missed), 1 when it
 broke (a service did not start, a healthy run had no successful request, no /health sample).
@@ -39,10 +41,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "integration"))
 
-from harness import ServiceProcess, start_service  # noqa: E402 - needs the sys.path line above
+from harness import ServiceProcess, group_pids, start_service  # noqa: E402 - needs the sys.path line above
 
-MODES = ("prod", "dev")  # prod: gunicorn + gevent (gunicorn.conf.py); dev: python service_x/app.py
-HARNESS_MODE = {"prod": "gunicorn", "dev": "dev"}
+# prod: gunicorn + gevent (gunicorn.conf.py); dev: python service_x/app.py; literal: bench/literal/
+MODES = ("prod", "dev", "literal")
+HARNESS_MODE = {"prod": "gunicorn", "dev": "dev", "literal": "literal"}
+BASELINES = {"dev": "", "literal": "_literal"}  # ratio key suffix per baseline: rps_ratio, rps_ratio_literal
 TARGETS = {"echo": ("a", "/echo?msg=hello"), "chain": ("b", "/call-echo?msg=hello")}
 DONE_LUA = """
 -- Print wrk's summary as one JSON line, so the harness never parses wrk's human text.
@@ -190,26 +194,10 @@ def to_result(raw: dict[str, Any], mode: str, target: str, connections: int, rnd
 # ---------------------------------------------------------------------------------------------
 
 
-def group_members(pgid: int) -> list[int]:
-    """PIDs in process group ``pgid`` (the service's master and its workers)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
-        if int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return sorted(members)
-
-
 def process_stats(service: ServiceProcess) -> list[dict[str, Any]]:
     """RSS (current and peak) and thread count of every process of ``service``."""
     rows = []
-    for pid in group_members(service.pid):
+    for pid in group_pids(service.pid):
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
@@ -231,7 +219,7 @@ def group_cpu_seconds(service: ServiceProcess) -> float:
     CPU per request is the figure least disturbed by other load on a shared machine.
     """
     ticks = 0
-    for pid in group_members(service.pid):
+    for pid in group_pids(service.pid):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -344,7 +332,7 @@ def median_of(results: list[LoadResult], mode: str, target: str, conns: int, att
 
 
 def summarize(results: list[LoadResult], connections: list[int]) -> list[dict[str, Any]]:
-    """Median over rounds per (target, connections, mode), with production/dev ratios."""
+    """Median over rounds per (target, connections, mode), with production/dev and production/literal ratios."""
     rows = []
     for target in TARGETS:
         for conns in connections:
@@ -365,19 +353,19 @@ def summarize(results: list[LoadResult], connections: list[int]) -> list[dict[st
                         for n in picked[0].cpu_us_per_req
                     },
                 }
-            if "prod" in row and "dev" in row:
-                row["rps_ratio"] = round(row["prod"]["rps"] / row["dev"]["rps"], 2) if row["dev"]["rps"] else None
-                dev_p99 = row["dev"]["p99_ms"]
-                row["p99_ratio"] = round(row["prod"]["p99_ms"] / dev_p99, 3) if dev_p99 else None
+            for base, suffix in BASELINES.items():  # rps_ratio / p99_ratio: vs dev; *_literal: vs literal
+                if "prod" in row and base in row:
+                    base_rps, base_p99 = row[base]["rps"], row[base]["p99_ms"]
+                    row[f"rps_ratio{suffix}"] = round(row["prod"]["rps"] / base_rps, 2) if base_rps else None
+                    row[f"p99_ratio{suffix}"] = round(row["prod"]["p99_ms"] / base_p99, 3) if base_p99 else None
             rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = (
-        f"{'target':<7}{'conns':>6} | {'prod req/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}{'!2xx':>6} |"
-        f" {'dev req/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}{'!2xx':>6} | {'req/s x':>8}{'p99 x':>7}"
-    )
+    header = f"{'target':<7}{'conns':>6} |" + "".join(
+        f" {mode + ' req/s':>13}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}{'!2xx':>6} |" for mode in MODES
+    ) + "".join(f" {'rps x ' + base[:3]:>10}{'p99 x ' + base[:3]:>10}" for base in BASELINES)
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -385,14 +373,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         for mode in MODES:
             m = row.get(mode)
             if m is None:
-                cells.append(f" {'-':>10}{'-':>8}{'-':>8}{'-':>5}{'-':>6} |")
+                cells.append(f" {'-':>13}{'-':>8}{'-':>8}{'-':>5}{'-':>6} |")
             else:
                 cells.append(
-                    f" {m['rps']:>10.0f}{m['p50_ms']:>8.2f}{m['p99_ms']:>8.2f}{m['errors']:>5}{m['non_2xx']:>6} |"
+                    f" {m['rps']:>13.0f}{m['p50_ms']:>8.2f}{m['p99_ms']:>8.2f}{m['errors']:>5}{m['non_2xx']:>6} |"
                 )
-        ratio = row.get("rps_ratio")
-        p99_ratio = row.get("p99_ratio")
-        cells.append(f" {ratio if ratio is not None else '-':>8}{p99_ratio if p99_ratio is not None else '-':>7}")
+        for suffix in BASELINES.values():
+            ratio, p99_ratio = row.get(f"rps_ratio{suffix}"), row.get(f"p99_ratio{suffix}")
+            cells.append(f" {ratio if ratio is not None else '-':>10}{p99_ratio if p99_ratio is not None else '-':>10}")
         print("".join(cells))
 
 
@@ -410,17 +398,23 @@ def evaluate_targets(
         checks.append({"target": name, "result": verdict, "measured": measured})
 
     chain64, chain16, echo64 = row("chain", 64), row("chain", 16), row("echo", 64)
-    ratio = chain64.get("rps_ratio")
-    check("chain @64 conns >= 4x dev", None if ratio is None else ratio >= 4, f"{ratio}x")
+    # Each ratio target against both baselines: dev mode (the project's code on the dev server)
+    # and literal mode (the design document taken literally, the baseline the issue measured).
+    names = {"dev": "dev", "literal": "literal (the issue's baseline)"}
+    for base, suffix in BASELINES.items():
+        ratio = chain64.get(f"rps_ratio{suffix}")
+        check(f"chain @64 conns >= 4x {names[base]}", None if ratio is None else ratio >= 4, f"{ratio}x")
     rps = chain64.get("prod", {}).get("rps")
     check("chain @64 conns >= 1,100 req/s", None if rps is None else rps >= 1100, f"{rps} req/s")
-    p99_ratio = chain16.get("p99_ratio")
-    check(
-        "chain p99 @16 conns <= 1/3 of dev", None if p99_ratio is None else p99_ratio <= 1 / 3,
-        f"{chain16.get('prod', {}).get('p99_ms')} ms vs {chain16.get('dev', {}).get('p99_ms')} ms ({p99_ratio}x)",
-    )
-    ratio = echo64.get("rps_ratio")
-    check("A /echo @64 conns >= 3x dev", None if ratio is None else ratio >= 3, f"{ratio}x")
+    for base, suffix in BASELINES.items():
+        p99_ratio = chain16.get(f"p99_ratio{suffix}")
+        check(
+            f"chain p99 @16 conns <= 1/3 of {names[base]}", None if p99_ratio is None else p99_ratio <= 1 / 3,
+            f"{chain16.get('prod', {}).get('p99_ms')} ms vs {chain16.get(base, {}).get('p99_ms')} ms ({p99_ratio}x)",
+        )
+    for base, suffix in BASELINES.items():
+        ratio = echo64.get(f"rps_ratio{suffix}")
+        check(f"A /echo @64 conns >= 3x {names[base]}", None if ratio is None else ratio >= 3, f"{ratio}x")
     prod_hang = next((h for h in hangs if h["mode"] == "prod"), None)
     if prod_hang is None:
         check(f"hang: {calls}/{calls} answered 503 within 2.2 s", None, "not run")
@@ -451,11 +445,13 @@ def draw_chart(results: list[LoadResult], connections: list[int], path: Path, ti
     matplotlib.use("Agg")  # no display: render straight to the PNG file
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"prod": "-", "dev": "--"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5.2))
+    styles = {"prod": "-", "dev": "--", "literal": ":"}
+    markers = {"prod": "o", "dev": "s", "literal": "^"}
     colors = {"echo": "tab:blue", "chain": "tab:orange"}
     labels = {
-        "echo": "A /echo", "chain": "B /call-echo (B->A)", "prod": "production (gunicorn+gevent)", "dev": "dev server",
+        "echo": "A /echo", "chain": "B /call-echo (B->A)", "prod": "production (gunicorn+gevent)",
+        "dev": "dev mode (project code, dev server)", "literal": "literal document (dev server + requests.get)",
     }
     for mode in MODES:
         for target in TARGETS:
@@ -463,10 +459,10 @@ def draw_chart(results: list[LoadResult], connections: list[int], path: Path, ti
             if not xs:
                 continue
             label = f"{labels[target]}, {labels[mode]}"
-            left.plot(xs, [median_of(results, mode, target, c, "rps") for c in xs], styles[mode], marker="o",
-                      color=colors[target], label=label)
-            right.plot(xs, [median_of(results, mode, target, c, "p99_ms") for c in xs], styles[mode], marker="o",
-                       color=colors[target], label=label)
+            left.plot(xs, [median_of(results, mode, target, c, "rps") for c in xs], styles[mode],
+                      marker=markers[mode], color=colors[target], label=label)
+            right.plot(xs, [median_of(results, mode, target, c, "p99_ms") for c in xs], styles[mode],
+                       marker=markers[mode], color=colors[target])
     for axis, ylabel in ((left, "requests/s (median of rounds)"), (right, "p99 latency, ms (median of rounds)")):
         axis.set_xscale("log", base=2)
         axis.set_xticks(connections, [str(c) for c in connections])
@@ -474,9 +470,10 @@ def draw_chart(results: list[LoadResult], connections: list[int], path: Path, ti
         axis.set_ylabel(ylabel)
         axis.grid(True, alpha=0.3)
     right.set_yscale("log")
-    left.legend(fontsize=7)
+    # Below both plots: inside them the legend would hide the dev and literal lines.
+    fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -505,7 +502,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 8; --quick: 1)")
     parser.add_argument("--connections", help="comma-separated counts (default 1,16,64; --quick: 1,16)")
     parser.add_argument("--hang-calls", type=int, help="concurrent calls while A hangs (default 200; --quick: 40)")
-    parser.add_argument("--modes", default="prod,dev", help="which modes to start: prod,dev (default both)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="which modes to start: prod,dev,literal (default all three)")
     parser.add_argument("--workers", type=int, default=None, help="WEB_CONCURRENCY for prod A and B (default: theirs)")
     parser.add_argument("--workers-a", type=int, default=None, help="WEB_CONCURRENCY for prod A only")
     parser.add_argument("--workers-b", type=int, default=None, help="WEB_CONCURRENCY for prod B only")
@@ -612,7 +610,7 @@ class Bench:
                 for n, svc in involved.items()
             }
         self.results.append(result)
-        print(f"  round {rnd} {mode:<4} {target:<5} c={conns:<3} {result.rps:>8.0f} req/s"
+        print(f"  round {rnd} {mode:<7} {target:<5} c={conns:<3} {result.rps:>8.0f} req/s"
               f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
               f"  non-2xx {result.non_2xx}  CPU us/req {result.cpu_us_per_req}", flush=True)
         if result.successes <= 0:
@@ -630,7 +628,7 @@ class Bench:
             pair = self.services[mode]
             hang = hang_scenario(mode, pair["a"], pair["b"], self.args.hang_calls, timeout=30.0)
             self.hangs.append(hang)
-            print(f"  hang {mode:<4}: {hang['by_status']} slowest {hang['slowest_answer_s']} s;"
+            print(f"  hang {mode:<7}: {hang['by_status']} slowest {hang['slowest_answer_s']} s;"
                   f" B /health p50 {hang['health_p50_ms']} ms max {hang['health_max_ms']} ms"
                   f" ({hang['health_samples']} samples, {hang['health_failures']} failed)", flush=True)
             if hang["health_samples"] == 0 and hang["health_failures"] == 0:
@@ -666,11 +664,11 @@ def print_report(report: dict[str, Any]) -> None:
     if "targets" in report:
         print()
         for item in report["targets"]:
-            print(f"  {item['result']:<6} {item['target']:<42} {item['measured']}")
+            print(f"  {item['result']:<6} {item['target']:<60} {item['measured']}")
     print()
     for entry in report["processes"]:
         for p in entry["processes"]:
-            print(f"  {entry['when']:<10} {entry['mode']:<4} {entry['service']} {p['role']:<6} pid {p['pid']:<7}"
+            print(f"  {entry['when']:<10} {entry['mode']:<7} {entry['service']} {p['role']:<6} pid {p['pid']:<7}"
                   f" rss {p['rss_mib']:6.1f} MiB (peak {p['peak_rss_mib']:6.1f})  threads {p['threads']}")
     for hang in report["hang"]:
         threads = sum(p["threads"] for p in hang["b_processes_during"])

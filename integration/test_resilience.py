@@ -2,7 +2,7 @@
 
 Both services run under gunicorn (production mode), one worker each so that B's breaker and retry
 budget (which are per process) are the ones the figures describe. Each test prints its figures
-(``pytest -s integration/test_resilience.py`` shows them); docs/readme/failure-handling.md quotes them.
+(``pytest -s integration/test_resilience.py`` shows them); the README's Failure handling section quotes them.
 Latency bounds carry margins for a loaded 2-core machine: fail-fast claims use the median and p90,
 maxima are asserted generously.
 """
