@@ -25,6 +25,10 @@ RATE_PER_CLIENT = 50.0  # requests per second per client, ~300/s in all
 MAX_REQUESTS_PER_CLIENT = int((SOAK_S + WARMUP_S + 5) * RATE_PER_CLIENT)
 RSS_GROWTH_LIMIT_KB = 4 * 1024  # "growth under a few MB after warm-up", per process
 FD_GROWTH_LIMIT = 0
+# gevent resolves host names (even "127.0.0.1") in a small native thread pool that starts a
+# thread on demand and lets it go when idle, so a worker can show one or two threads more at any
+# moment. A leak grows with the requests served (thousands here), which this bound still catches.
+THREAD_GROWTH_LIMIT = 2
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -189,4 +193,5 @@ def test_soak_through_b_to_a_leaks_nothing(chain):
         last = after[key]
         assert last.rss_kb - first.rss_kb < RSS_GROWTH_LIMIT_KB, f"{key}: RSS grew {last.rss_kb - first.rss_kb} kB"
         assert last.fds - first.fds <= FD_GROWTH_LIMIT, f"{key}: fds {first.fds} -> {last.fds}"
-        assert last.threads <= first.threads, f"{key}: threads {first.threads} -> {last.threads}"
+        grown = last.threads - first.threads
+        assert grown <= THREAD_GROWTH_LIMIT, f"{key}: threads {first.threads} -> {last.threads}"
