@@ -11,6 +11,7 @@ import os
 import sys
 
 from echokit.serving import gunicorn_settings
+from echokit.settings import MAX_REQUEST_LINE_BYTES
 
 _config = gunicorn_settings(sys.argv, os.environ)
 
@@ -27,8 +28,9 @@ reuse_port = True
 keepalive = 5
 timeout = 30
 graceful_timeout = _config.graceful_timeout
-# The request-line and header limits, set explicitly (gunicorn's maximum line is 8190 bytes).
-limit_request_line = 8190
+# The request-line and header limits, set explicitly (gunicorn's maximum line is 8190 bytes;
+# B checks what it sends to A against the same constant).
+limit_request_line = MAX_REQUEST_LINE_BYTES
 limit_request_fields = 100
 limit_request_field_size = 8190
 # The services log one access line per request themselves, in the document's format.

@@ -120,33 +120,9 @@ class Metrics:
                     self._upstream = UpstreamMetrics(self.registry)
         return self._upstream
 
-    @property
-    def upstream_calls(self) -> Counter:
-        return self.upstream.calls
-
-    @property
-    def upstream_latency(self) -> Histogram:
-        return self.upstream.latency
-
-    @property
-    def upstream_retries(self) -> Counter:
-        return self.upstream.retries
-
-    @property
-    def upstream_retries_denied(self) -> Counter:
-        return self.upstream.retries_denied
-
-    @property
-    def breaker_state(self) -> Gauge:
-        return self.upstream.breaker_state
-
-    @property
-    def breaker_transitions(self) -> Counter:
-        return self.upstream.breaker_transitions
-
     def set_breaker_state(self, state: str) -> None:
         for name in BREAKER_STATES:
-            self.breaker_state.labels(name).set(1 if name == state else 0)
+            self.upstream.breaker_state.labels(name).set(1 if name == state else 0)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition format: this process's registry, or all workers' files summed."""

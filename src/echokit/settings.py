@@ -73,6 +73,9 @@ ENV_VARS: dict[str, EnvVar] = _declare(
     EnvVar("FAULT_ERROR_STATUS", "503", "Fault injection: status of injected errors (500-599).", "A"),
 )
 
+# The longest request line production A accepts (gunicorn's limit_request_line, at its maximum);
+# B checks what it would send to A against it.
+MAX_REQUEST_LINE_BYTES = 8190
 MAX_FAULT_DELAY_MS = 60_000  # the cap: no setting can make A sleep longer than this per request
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")

@@ -30,7 +30,7 @@ from echokit.resilience.bulkhead import Bulkhead
 from echokit.resilience.clock import SYSTEM_CLOCK, Clock
 from echokit.resilience.deadline import TIMEOUT_HEADER, Deadline
 from echokit.resilience.retry import RetryBudget, RetryPolicy, run_with_retries
-from echokit.settings import UpstreamSettings
+from echokit.settings import MAX_REQUEST_LINE_BYTES, UpstreamSettings
 
 UNAVAILABLE = "Service A unavailable"
 BAD_RESPONSE = "Invalid response from Service A"
@@ -38,8 +38,6 @@ RETRYABLE_STATUSES = frozenset({502, 503, 504})
 
 # Characters legal in a query value that need no escaping; '&', '=', '+', '#' and '%' are escaped.
 _QUERY_SAFE = "/:@!$'()*,;?~"
-# A's gunicorn refuses a longer request line with 414 before A's code runs (limit_request_line).
-A_MAX_REQUEST_LINE = 8190
 MSG_TOO_LONG = "'msg' parameter too long"
 
 
@@ -122,11 +120,12 @@ class EchoClient:
         try:
             target = f"{self._echo_path}?msg={quote_plus(msg, safe=_QUERY_SAFE)}"
             line = len(f"GET {target} HTTP/1.1")
-            if line > A_MAX_REQUEST_LINE:
+            if line > MAX_REQUEST_LINE_BYTES:
                 # Percent-encoding can triple a msg: say so as a 414 instead of letting A's 414 become a 502.
                 raise UpstreamError(
                     "rejected",
-                    f"Encoded for Service A, the request line would be {line} bytes; the limit is {A_MAX_REQUEST_LINE}",
+                    f"Encoded for Service A, the request line would be {line} bytes; "
+                    f"the limit is {MAX_REQUEST_LINE_BYTES}",
                     status=414, error=MSG_TOO_LONG, counts_against_a=False,
                 )
             if not self.bulkhead.try_enter():
@@ -157,8 +156,8 @@ class EchoClient:
             raise
         finally:
             if self.metrics is not None:
-                self.metrics.upstream_calls.labels(outcome).inc()
-                self.metrics.upstream_latency.labels(outcome).observe(perf_counter() - started)
+                self.metrics.upstream.calls.labels(outcome).inc()
+                self.metrics.upstream.latency.labels(outcome).observe(perf_counter() - started)
 
     def _attempt(self, target: str, deadline: Deadline, attempt: int, request_id: str | None) -> dict[str, str]:
         try:
@@ -266,12 +265,12 @@ class EchoClient:
 
     def _retrying(self, attempt: int, exc: BaseException, wait_s: float) -> None:
         if self.metrics is not None:
-            self.metrics.upstream_retries.inc()
+            self.metrics.upstream.retries.inc()
         self.logger.info("retrying call to Service A after attempt %d (%s) in %.1fms", attempt, exc, wait_s * 1000)
 
     def _retry_denied(self, exc: BaseException) -> None:
         if self.metrics is not None:
-            self.metrics.upstream_retries_denied.inc()
+            self.metrics.upstream.retries_denied.inc()
         self.logger.warning("not retrying call to Service A: retry budget spent (%s)", exc)
 
     def _breaker_changed(self, old: str, new: str, reason: str) -> None:
@@ -279,7 +278,7 @@ class EchoClient:
         log("circuit breaker %s -> %s: %s", old, new, reason)
         if self.metrics is not None:
             self.metrics.set_breaker_state(new)
-            self.metrics.breaker_transitions.labels(new).inc()
+            self.metrics.upstream.breaker_transitions.labels(new).inc()
 
     def status(self) -> dict[str, Any]:
         """Breaker, bulkhead and retry-budget state, for ``/ready`` and debugging."""
