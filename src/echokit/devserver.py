@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from flask import Flask
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from echokit.lifecycle import Lifecycle
 from echokit.logs import escape_control
@@ -74,53 +74,10 @@ class QuietRequestHandler(WSGIRequestHandler):
             self.wfile.write(body)
 
 
-# After the app has returned for every request, how long to wait for threads still writing a
-# response body. Idle keep-alive connections also hold a thread, so this must stay short.
-BODY_GRACE_S = 0.5
-
-
-class TrackingServer(ThreadedWSGIServer):
-    """werkzeug's threaded server, remembering its request threads so shutdown can wait for them.
-
-    Its threads are daemons (a stuck one must not keep the process alive past the drain timeout), and
-    socketserver does not wait for daemon threads: without this, the process could exit while a
-    thread is between the app returning and the response body reaching the client.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._request_threads: set[threading.Thread] = set()
-        self._threads_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self._run_request, args=(request, client_address), daemon=True, name="request"
-        )
-        with self._threads_lock:
-            self._request_threads.add(thread)
-        thread.start()
-
-    def _run_request(self, request: Any, client_address: Any) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            with self._threads_lock:
-                self._request_threads.discard(threading.current_thread())
-
-    def join_requests(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for every request thread to end; False if some are still running."""
-        deadline = time.monotonic() + timeout_s
-        with self._threads_lock:
-            threads = list(self._request_threads)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in threads)
-
-
 def serve(app: Flask, host: str, port: int, logger: logging.Logger) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then drain and return (the caller exits 0)."""
     lifecycle: Lifecycle = app.extensions["echokit.lifecycle"]
-    server = TrackingServer(host, port, app, QuietRequestHandler)
+    server = make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
     # werkzeug's logger writes through the service's handler: one line in the document's format.
     werkzeug_logger = logging.getLogger("werkzeug")
     werkzeug_logger.handlers = list(logger.handlers)
@@ -149,11 +106,10 @@ def serve(app: Flask, host: str, port: int, logger: logging.Logger) -> None:
     try:
         server.serve_forever(poll_interval=0.1)
     finally:
-        drain_deadline = time.monotonic() + lifecycle.drain_timeout_s
+        # The in-flight count drops once a response body has been sent (echokit.middleware), so
+        # waiting for it to reach zero lets every body reach its client before the process exits.
         if not lifecycle.wait_idle(lifecycle.drain_timeout_s):
             logger.warning("drain timeout: %d requests still in flight, exiting anyway", lifecycle.in_flight)
-        else:  # every app call has returned; let the bodies still being written reach their clients
-            server.join_requests(min(BODY_GRACE_S, max(0.0, drain_deadline - time.monotonic())))
         server.server_close()
         logger.info("stopped")
 
