@@ -153,15 +153,19 @@ alive() {
     stat=${stat##*) }
     [ "${stat%% *}" != Z ]
 }
-# Poll (every 50 ms) until PID is gone or LIMIT_MS passes.
-wait_gone() {
-    local deadline=$(($(now_ms) + $2))
-    while alive "$1"; do
+# wait_for LIMIT_MS COMMAND...: poll COMMAND every 50 ms until it succeeds; 1 if LIMIT_MS passes first.
+wait_for() {
+    local deadline=$(($(now_ms) + $1))
+    shift
+    until "$@"; do
         [ "$(now_ms)" -ge "$deadline" ] && return 1
         sleep 0.05
     done
     return 0
 }
+gone() { ! alive "$1"; }
+# Poll until PID is gone or LIMIT_MS passes.
+wait_gone() { wait_for "$2" gone "$1"; }
 
 # start_service a|b [VAR=value ...]: start it in its own session/process group with the
 # document's command, then wait for /health. Sets A_PID/A_LOG or B_PID/B_LOG.
@@ -227,15 +231,9 @@ stop_service() {
     return 0
 }
 
+port_closed() { ! port_listening "$1"; }
 # Poll until nothing listens on PORT (the listener closes a moment after the process exits).
-wait_port_closed() {
-    local deadline=$(($(now_ms) + ${2:-5000}))
-    while port_listening "$1"; do
-        [ "$(now_ms)" -ge "$deadline" ] && return 1
-        sleep 0.05
-    done
-    return 0
-}
+wait_port_closed() { wait_for "${2:-5000}" port_closed "$1"; }
 
 print_logs() {
     printf '\n%sLogs are in %s%s\n' "$BOLD" "$LOG_DIR" "$RESET"
@@ -352,17 +350,14 @@ print(json.dumps({"echo": sys.argv[1]}, ensure_ascii=False, separators=(",", ":"
 }
 header() { grep -i "^$1:" "$HDRS" | head -n1 | cut -d: -f2- | tr -d '\r' | sed 's/^ *//'; }
 
-# Poll B's /metrics until at least one request besides the /metrics scrape itself is in flight,
-# i.e. the slow /call-echo started in the background has reached B.
-wait_b_in_flight() {
-    local deadline=$(($(now_ms) + 5000)) n
-    while [ "$(now_ms)" -lt "$deadline" ]; do
-        n=$(curl -s --max-time 0.5 "$B_URL/metrics" 2>/dev/null | awk '$1 == "http_requests_in_flight" { print $2 }')
-        [ -n "$n" ] && ! lt "$n" 2 && return 0
-        sleep 0.05
-    done
-    return 1
+# B's /metrics shows at least one request in flight besides the /metrics scrape itself, i.e. the
+# slow /call-echo started in the background has reached B.
+b_call_in_flight() {
+    local n
+    n=$(curl -s --max-time 0.5 "$B_URL/metrics" 2>/dev/null | awk '$1 == "http_requests_in_flight" { print $2 }')
+    [ -n "$n" ] && ! lt "$n" 2
 }
+wait_b_in_flight() { wait_for 5000 b_call_in_flight; }
 
 # slow_call_case LABEL: /call-echo while A cannot answer in time. Checks B's /health stays fast
 # while the call is in flight, then that the call ends in 503 + a timeout within the budget.
