@@ -10,6 +10,7 @@ from flask import Flask, Response, request
 
 from echokit.context import REQUEST_ID_ENVIRON
 from echokit.devserver import run_main
+from echokit.extension import echokit_of
 from echokit.responses import BadMessageError, error_response, json_response, parse_msg
 from echokit.settings import ServiceBSettings, service_b_settings
 from echokit.upstream import EchoClient, UpstreamError
@@ -25,11 +26,11 @@ def create_app(settings: ServiceBSettings | None = None, client: EchoClient | No
     server = settings.server
     logger = setup_logging(server)
     app = create_base_app(__name__, server, logger)
-    metrics = app.extensions["echokit.metrics"]
-    client = client or EchoClient(settings.upstream, logger=logger, metrics=metrics)
-    app.extensions["echokit.client"] = client
+    ext = echokit_of(app)
+    client = client or EchoClient(settings.upstream, logger=logger, metrics=ext.metrics)
+    ext.client = client
     # B's readiness body shows the breaker, but an outage of A never makes B unready.
-    app.extensions["echokit.readiness_details"] = lambda: {"service_a": client.status()}
+    ext.readiness_details = lambda: {"service_a": client.status()}
 
     @app.get("/call-echo")
     def call_echo() -> Response:

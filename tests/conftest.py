@@ -19,6 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from echokit.extension import echokit_of
 from echokit.settings import service_a_settings, service_b_settings
 from harness import free_port
 from service_a.app import create_app as create_service_a
@@ -108,7 +109,7 @@ def make_b() -> Iterator[Callable[..., Flask]]:
 
     yield build
     for app in apps:  # close B's connection pool so no keep-alive socket outlives the test
-        app.extensions["echokit.client"].close()
+        echokit_of(app).close()
 
 
 @pytest.fixture

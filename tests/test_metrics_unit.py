@@ -13,6 +13,8 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from echokit.extension import echokit_of
+
 REQUEST_FAMILIES = {
     "http_requests": "counter",
     "http_request_duration_seconds": "histogram",
@@ -154,7 +156,7 @@ def test_each_failure_of_a_is_counted_by_its_outcome(make_b, serve, slow_service
         assert metrics.value("upstream_requests_total") == 1, outcome
 
     shed_app = make_b(refused_url, {"UPSTREAM_MAX_IN_FLIGHT": "1"})
-    bulkhead = shed_app.extensions["echokit.client"].bulkhead
+    bulkhead = echokit_of(shed_app).client.bulkhead
     assert bulkhead.try_enter()  # the one allowed call is "in flight"
     try:
         assert shed_app.test_client().get("/call-echo?msg=x").status_code == 503
@@ -199,7 +201,7 @@ def test_a_request_counts_as_in_flight_for_draining_until_its_body_is_sent(app_a
     """The drain's in-flight count drops only when the server has sent the body or closed it, once."""
     from werkzeug.test import EnvironBuilder
 
-    lifecycle = app_a.extensions["echokit.lifecycle"]
+    lifecycle = echokit_of(app_a).lifecycle
 
     def call() -> Any:
         environ = EnvironBuilder(path="/echo", query_string="msg=hi").get_environ()

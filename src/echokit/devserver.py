@@ -19,7 +19,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from echokit.lifecycle import Lifecycle
+from echokit.extension import echokit_of
 from echokit.logs import escape_control
 
 
@@ -39,7 +39,7 @@ class QuietRequestHandler(WSGIRequestHandler):
 
     def log(self, type: str, message: str, *args: Any) -> None:
         """http.server's own lines (timeouts, refused requests) in the service's log format, escaped."""
-        service = self.server.app.extensions["echokit.settings"].service  # type: ignore[attr-defined]
+        service = echokit_of(self.server.app).server.service
         logging.getLogger(service).warning("%s", escape_control(message % args if args else message))
 
     def parse_request(self) -> bool:
@@ -76,7 +76,7 @@ class QuietRequestHandler(WSGIRequestHandler):
 
 def serve(app: Flask, host: str, port: int, logger: logging.Logger) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then drain and return (the caller exits 0)."""
-    lifecycle: Lifecycle = app.extensions["echokit.lifecycle"]
+    lifecycle = echokit_of(app).lifecycle
     server = make_server(host, port, app, threaded=True, request_handler=QuietRequestHandler)
     # werkzeug's logger writes through the service's handler: one line in the document's format.
     werkzeug_logger = logging.getLogger("werkzeug")

@@ -16,6 +16,7 @@ from gunicorn import util
 from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
+from echokit.extension import echokit_of
 from echokit.lifecycle import Lifecycle
 
 
@@ -98,13 +99,13 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
         finally:
             gevent.sleep(0)
 
-    def _lifecycle(self) -> Lifecycle | None:
-        extensions = getattr(getattr(self, "wsgi", None), "extensions", None) or {}
-        lifecycle = extensions.get("echokit.lifecycle")
-        return lifecycle if isinstance(lifecycle, Lifecycle) else None
+    def load_wsgi(self) -> None:
+        """Load the app, and find its lifecycle now: an app without one fails the boot, loudly."""
+        super().load_wsgi()
+        self.lifecycle: Lifecycle = echokit_of(self.wsgi).lifecycle
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        lifecycle = self._lifecycle()
+        lifecycle: Lifecycle | None = getattr(self, "lifecycle", None)  # None: SIGTERM before the app loaded
         if lifecycle is None or not lifecycle.begin_drain() or lifecycle.drain_delay_s <= 0:
             self._stop_accepting()
             return

@@ -9,41 +9,42 @@ from __future__ import annotations
 
 import threading
 import time
+from enum import Enum
+
+__all__ = ["Lifecycle", "LifecycleState"]
 
 
-class Lifecycle:
-    """Per-process state: starting -> ready -> draining, plus the count of requests in flight."""
+class LifecycleState(str, Enum):
+    """What ``/ready`` reports: ready from the start, draining from the first SIGTERM on."""
 
-    STARTING = "starting"
     READY = "ready"
     DRAINING = "draining"
 
-    def __init__(self, drain_delay_s: float = 0.0, drain_timeout_s: float = 10.0) -> None:
+
+class Lifecycle:
+    """Per-process state (ready -> draining) plus the count of requests in flight."""
+
+    def __init__(self, drain_delay_s: float, drain_timeout_s: float) -> None:
         self.drain_delay_s = drain_delay_s
         self.drain_timeout_s = drain_timeout_s
-        self._state = self.STARTING
+        self._state = LifecycleState.READY
         self._in_flight = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
 
     @property
-    def state(self) -> str:
+    def state(self) -> LifecycleState:
         return self._state
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
-    def mark_ready(self) -> None:
-        with self._lock:
-            if self._state == self.STARTING:
-                self._state = self.READY
-
     def begin_drain(self) -> bool:
         """Turn unready; True the first time, False if already draining."""
         with self._lock:
-            first = self._state != self.DRAINING
-            self._state = self.DRAINING
+            first = self._state is not LifecycleState.DRAINING
+            self._state = LifecycleState.DRAINING
             return first
 
     def request_started(self) -> None:
@@ -69,8 +70,9 @@ class Lifecycle:
 
     def readiness(self) -> tuple[int, dict[str, object]]:
         """Status code and JSON body for ``/ready``."""
-        state = self._state
-        if state == self.READY:
-            return 200, {"status": "ready"}
-        reason = "starting up" if state == self.STARTING else "shutting down: draining in-flight requests"
-        return 503, {"status": state, "error": f"Not ready: {reason}"}
+        if self._state is LifecycleState.READY:
+            return 200, {"status": LifecycleState.READY.value}
+        return 503, {
+            "status": LifecycleState.DRAINING.value,
+            "error": "Not ready: shutting down: draining in-flight requests",
+        }

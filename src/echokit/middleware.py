@@ -20,12 +20,12 @@ from echokit.context import (
 )
 from echokit.lifecycle import Lifecycle
 from echokit.metrics import Metrics
+from echokit.probes import PROBE_PATHS
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 ROUTE_ENVIRON = "echokit.route"  # set by the Flask app to the matched route template
 UNMATCHED_ROUTE = "unmatched"
-PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 class ObservedApp:

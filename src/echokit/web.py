@@ -1,4 +1,4 @@
-"""What both Flask apps share: probes, metrics, JSON errors, and the observed WSGI layer."""
+"""What both Flask apps share: the Echokit extension, probes, JSON errors and the observed WSGI layer."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from echokit.extension import Echokit, echokit_of
 from echokit.lifecycle import Lifecycle
 from echokit.metrics import Metrics
 from echokit.middleware import ROUTE_ENVIRON, ObservedApp
-from echokit.responses import error_response, json_response
+from echokit.probes import probes
+from echokit.responses import error_response
 from echokit.settings import ServerSettings
 
-HEALTH_BODY = {"status": "ok"}
 OPENAPI_FILE = "openapi.json"
 
 # Client-facing wording for the errors Flask/Werkzeug raise; the status code stays theirs.
@@ -35,36 +36,14 @@ def create_base_app(import_name: str, server: ServerSettings, logger: logging.Lo
     """
     app = Flask(import_name)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no route reads a body; refuse big ones early
-    lifecycle = Lifecycle(server.drain_delay_s, server.drain_timeout_s)
-    metrics = Metrics()
-    app.extensions["echokit.lifecycle"] = lifecycle
-    app.extensions["echokit.metrics"] = metrics
-    app.extensions["echokit.settings"] = server
+    Echokit(server, Lifecycle(server.drain_delay_s, server.drain_timeout_s), Metrics()).init_app(app)
+    app.register_blueprint(probes)
 
     @app.before_request
     def remember_route() -> None:
         rule = request.url_rule
         if rule is not None:
             request.environ[ROUTE_ENVIRON] = rule.rule
-
-    @app.get("/health")
-    def health() -> Response:
-        """Liveness: 200 while the process runs, whatever its dependencies do."""
-        return json_response(HEALTH_BODY)
-
-    @app.get("/ready")
-    def ready() -> Response:
-        """Readiness: 503 while starting or draining, 200 otherwise (see the README)."""
-        status, body = lifecycle.readiness()
-        extra = app.extensions.get("echokit.readiness_details")
-        if extra is not None:
-            body.update(extra())
-        return json_response(body, status)
-
-    @app.get("/metrics")
-    def metrics_route() -> Response:
-        data, content_type = metrics.exposition()
-        return Response(data, content_type=content_type)
 
     openapi = load_openapi(app.root_path)
     if openapi is not None:
@@ -104,13 +83,12 @@ def load_openapi(root_path: str) -> bytes | None:
 
 
 def finish_app(app: Flask, server: ServerSettings, logger: logging.Logger) -> Flask:
-    """Wrap the app in the observed WSGI layer, switch tracing on if configured, mark it ready."""
-    lifecycle: Lifecycle = app.extensions["echokit.lifecycle"]
+    """Wrap the app in the observed WSGI layer and switch tracing on if configured."""
+    ext = echokit_of(app)
     app.wsgi_app = ObservedApp(  # type: ignore[method-assign]
-        app.wsgi_app, logger, lifecycle, app.extensions["echokit.metrics"], server.log_probes
+        app.wsgi_app, logger, ext.lifecycle, ext.metrics, server.log_probes
     )
     from echokit import tracing  # imports OpenTelemetry only when it is switched on
 
     tracing.instrument_app(app, server.service)
-    lifecycle.mark_ready()
     return app
