@@ -151,7 +151,7 @@ def client_costs(a_url: str, a_port: int) -> dict[str, float]:
     import requests
     import urllib3
 
-    from echokit.settings import UpstreamSettings
+    from echokit.settings import service_b_settings
     from echokit.upstream import EchoClient
 
     quiet = logging.getLogger("bench_micro_client")
@@ -160,7 +160,7 @@ def client_costs(a_url: str, a_port: int) -> dict[str, float]:
     pool = urllib3.HTTPConnectionPool("127.0.0.1", a_port, maxsize=4, retries=False)
     session = requests.Session()
     conn = http.client.HTTPConnection("127.0.0.1", a_port)
-    client = EchoClient(UpstreamSettings(url=a_url), logger=quiet)
+    client = EchoClient(service_b_settings({"SERVICE_A_URL": a_url}).upstream, logger=quiet)
 
     def plain() -> None:
         conn.request("GET", "/echo?msg=hello")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import socketserver
 import struct
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from echokit.metrics import Metrics
-from echokit.settings import UpstreamSettings
+from echokit.settings import service_b_settings
 from echokit.upstream import BAD_RESPONSE, UNAVAILABLE, EchoClient, UpstreamError
 
 
@@ -22,7 +23,8 @@ def make_client() -> Iterator[Callable[..., EchoClient]]:
     clients: list[EchoClient] = []
 
     def build(url: str, metrics: Metrics | None = None, **overrides: Any) -> EchoClient:
-        settings = UpstreamSettings(url=url, timeout_s=overrides.pop("timeout_s", 0.3), **overrides)
+        defaults = service_b_settings({"SERVICE_A_URL": url}).upstream
+        settings = dataclasses.replace(defaults, timeout_s=overrides.pop("timeout_s", 0.3), **overrides)
         client = EchoClient(settings, metrics=metrics)
         clients.append(client)
         return client

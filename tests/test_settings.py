@@ -28,7 +28,7 @@ def test_service_a_defaults_are_the_documents_values() -> None:
     assert settings.server.bind == "127.0.0.1:8080"
     assert settings.server.service == "service_a"
     assert (settings.server.log_level, settings.server.log_format) == ("INFO", "text")
-    assert settings.faults == FaultSettings()
+    assert settings.faults == FaultSettings(0, 0, 0.0, 503)
     assert not settings.faults.enabled
 
 
@@ -38,7 +38,9 @@ def test_service_b_defaults_are_the_documents_values() -> None:
     assert settings.server.bind == "127.0.0.1:8081"
     assert settings.upstream.url == "http://127.0.0.1:8080"
     assert settings.upstream.timeout_s == 2.0
-    assert settings.upstream == UpstreamSettings(url="http://127.0.0.1:8080")
+    assert settings.upstream == UpstreamSettings(
+        "http://127.0.0.1:8080", 2.0, 0.5, 256, 3, 0.025, 0.25, 0.2, 3, 10.0, 5, 0.5, 20, 10.0, 3.0
+    )
 
 
 def test_defaults_do_not_read_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,9 +154,12 @@ def test_bad_values_raise_a_one_line_error_naming_the_variable(service: str, nam
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("name", sorted(n for n in ENV_VARS if not n.endswith("_HOST")))
+FREE_TEXT = {"PROMETHEUS_MULTIPROC_DIR", "OTEL_SERVICE_NAME"}  # any text is a directory or a name
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ENV_VARS if not n.endswith("_HOST") and n not in FREE_TEXT))
 def test_every_declared_variable_is_read_and_rejects_garbage(name: str) -> None:
-    """Every declared variable (hosts aside) is read by some loader, which refuses 'garbage!' naming it."""
+    """Every declared variable (hosts, paths, names aside) is read by a loader, which refuses 'garbage!' naming it."""
     messages = []
     for loader in (service_a_settings, service_b_settings, worker_settings):
         try:
@@ -194,3 +199,40 @@ def test_declared_defaults_are_themselves_valid() -> None:
     assert service_a_settings(defaults) == service_a_settings({})
     assert service_b_settings(defaults) == service_b_settings({})
     assert not math.isnan(service_b_settings(defaults).upstream.breaker_failure_rate)
+
+
+@pytest.mark.parametrize("value", ["", "none", "none,none", " None , none "])
+def test_tracing_is_off_unless_an_exporter_is_named(value: str) -> None:
+    """OTEL_TRACES_EXPORTER unset, none or a list of nothing but none means tracing off."""
+    tracing = service_a_settings({"OTEL_TRACES_EXPORTER": value}).server.tracing
+    assert tracing.exporters == ()
+    assert not tracing.enabled
+
+
+def test_tracing_exporters_are_a_list_and_the_sdk_switch_wins() -> None:
+    """console and otlp may be listed together; OTEL_SDK_DISABLED=true turns tracing off anyway."""
+    tracing = service_b_settings({"OTEL_TRACES_EXPORTER": "Console, otlp,none"}).server.tracing
+    assert tracing.exporters == ("console", "otlp")
+    assert tracing.enabled
+    disabled = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}
+    assert not service_b_settings(disabled).server.tracing.enabled
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+    ],
+)
+def test_tracing_settings_refuse_what_is_not_installed(env: dict[str, str], named: str) -> None:
+    """An exporter or OTLP protocol this project does not install stops start-up naming the variable."""
+    with pytest.raises(SettingsError, match=f"^{named} must be "):
+        service_a_settings(env)
+
+
+def test_metrics_directory_comes_from_the_settings() -> None:
+    """PROMETHEUS_MULTIPROC_DIR is read with the other settings; unset means single-process metrics."""
+    assert service_a_settings({}).server.metrics_dir is None
+    assert service_a_settings({"PROMETHEUS_MULTIPROC_DIR": "/tmp/m"}).server.metrics_dir == "/tmp/m"

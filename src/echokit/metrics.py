@@ -6,7 +6,6 @@ worker writes its samples to files there and ``/metrics`` sums them across worke
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -32,10 +31,6 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 # Bound on the cache of labelled children: method is client-chosen (mapped to OTHER), so the raw
 # key space is not bounded; the label space is.
 _CHILD_CACHE_LIMIT = 1024
-
-
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class UpstreamMetrics:
@@ -66,11 +61,15 @@ class UpstreamMetrics:
 
 
 class Metrics:
-    """The metric families of one app, registered on their own registry."""
+    """The metric families of one app, registered on their own registry.
 
-    def __init__(self) -> None:
+    ``multiprocess_dir`` is the settings' PROMETHEUS_MULTIPROC_DIR: then ``/metrics`` sums the files
+    every worker writes there (prometheus_client itself picks file storage from the same variable).
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.multiprocess = multiprocess_dir() is not None
+        self.multiprocess = multiprocess_dir is not None
         reg = self.registry
         self.requests = Counter(
             "http_requests", "HTTP requests served, by method, route template and status.",
@@ -133,7 +132,7 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def mark_worker_dead(pid: int) -> None:
+def mark_worker_dead(pid: int, multiprocess_dir: str | None) -> None:
     """Drop a dead worker's live gauges (gunicorn's ``child_exit`` hook calls this)."""
-    if multiprocess_dir():
-        prometheus_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    if multiprocess_dir:
+        prometheus_multiprocess.mark_process_dead(pid, multiprocess_dir)  # type: ignore[no-untyped-call]

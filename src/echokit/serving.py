@@ -91,7 +91,7 @@ class GunicornSettings:
     def child_exit(self, arbiter: Any, worker: Any) -> None:
         from echokit.metrics import mark_worker_dead
 
-        mark_worker_dead(worker.pid)
+        mark_worker_dead(worker.pid, self.server.metrics_dir)
 
 
 class AppAccessLogger(glogging.Logger):  # type: ignore[misc]

@@ -1,7 +1,9 @@
 """Settings for both services: read from the environment in one place, validated at start-up.
 
-Every variable either service reads is declared once in ``ENV_VARS`` (name, default, meaning);
-the README table, the deployment manifests and their consistency tests are checked against it.
+Every variable either service reads is declared once in ``ENV_VARS`` (name, default, meaning,
+parser, range and unit), and the settings objects are built from those declarations; this is
+the only module that reads ``os.environ`` (gunicorn.conf.py hands it the same mapping).
+docs/configuration.md, the deployment manifests and their consistency tests are checked against it.
 Defaults are the design document's values: A on 127.0.0.1:8080, B on 127.0.0.1:8081, 2 s budget.
 """
 
@@ -22,63 +24,118 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class EnvVar:
-    """One environment variable: its name, default (as text) and what it means."""
+    """One environment variable: name, default (as text), meaning, who reads it, and how it parses.
+
+    ``kind`` is how the text becomes a value: ``int`` and ``number`` within ``low``..``high`` (in
+    ``unit``), ``flag`` (true/false), ``choice`` (one of ``choices``), ``text`` (free text, checked by
+    its loader where it must be). Each loader reads a variable through its declaration, so the
+    range in the docs is the range enforced.
+    """
 
     name: str
     default: str
     help: str
     services: str  # "A", "B" or "A,B"
+    kind: str = "text"
+    low: float | None = None
+    high: float | None = None
+    unit: str = ""
+    choices: tuple[str, ...] = ()
+
+    def allowed(self) -> str:
+        """The accepted values, for the docs: ``1..65535``, ``text, json``, ``true/false``."""
+        if self.kind in ("int", "number") and self.low is not None and self.high is not None:
+            return f"{self.low:g}..{self.high:g}"
+        if self.kind == "choice":
+            return ", ".join(self.choices)
+        if self.kind == "flag":
+            return "true/false"
+        return ""
 
 
 def _declare(*variables: EnvVar) -> dict[str, EnvVar]:
     return {v.name: v for v in variables}
 
 
-ENV_VARS: dict[str, EnvVar] = _declare(
-    EnvVar("SERVICE_A_HOST", "127.0.0.1", "Address Service A binds to.", "A"),
-    EnvVar("SERVICE_A_PORT", "8080", "Port Service A listens on.", "A"),
-    EnvVar("SERVICE_B_HOST", "127.0.0.1", "Address Service B binds to.", "B"),
-    EnvVar("SERVICE_B_PORT", "8081", "Port Service B listens on.", "B"),
-    EnvVar(
-        "SERVICE_A_URL",
-        "http://127.0.0.1:${SERVICE_A_PORT}",
-        "Base URL B calls; the only address B ever sends requests to.",
-        "B",
-    ),
-    EnvVar("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.", "A,B"),
-    EnvVar("LOG_FORMAT", "text", "text (the document's format) or json (one object per line).", "A,B"),
-    EnvVar("LOG_PROBES", "true", "Log /health, /ready and /metrics requests too.", "A,B"),
-    EnvVar("MAX_MSG_BYTES", "4096", "Longest accepted msg, in UTF-8 bytes; longer gets 414.", "A,B"),
-    EnvVar("DRAIN_DELAY_SECONDS", "0", "On SIGTERM, time /ready answers 503 before the listener closes.", "A,B"),
-    EnvVar("DRAIN_TIMEOUT_SECONDS", "10", "On SIGTERM, longest wait for in-flight requests to finish.", "A,B"),
-    EnvVar("UPSTREAM_TIMEOUT_SECONDS", "2", "Deadline for one /call-echo, retries included.", "B"),
-    EnvVar("UPSTREAM_CONNECT_TIMEOUT_SECONDS", "0.5", "Longest wait for a TCP connection to A.", "B"),
-    EnvVar("UPSTREAM_MAX_IN_FLIGHT", "256", "Calls to A in flight per process; more are shed (503).", "B"),
-    EnvVar("RETRY_ATTEMPTS", "3", "Attempts per call, first included; 1 switches retries off.", "B"),
-    EnvVar("RETRY_BACKOFF_INITIAL_MS", "25", "Backoff ceiling before the first retry (full jitter).", "B"),
-    EnvVar("RETRY_BACKOFF_MAX_MS", "250", "Largest backoff ceiling.", "B"),
-    EnvVar("RETRY_BUDGET_RATIO", "0.2", "Retries allowed as a share of recent calls.", "B"),
-    EnvVar("RETRY_BUDGET_MIN_RETRIES", "3", "Retries always allowed per budget window.", "B"),
-    EnvVar("RETRY_BUDGET_WINDOW_SECONDS", "10", "Window the retry budget counts over.", "B"),
-    EnvVar("BREAKER_FAILURE_THRESHOLD", "5", "Consecutive failures that open the circuit.", "B"),
-    EnvVar("BREAKER_FAILURE_RATE", "0.5", "Failure share in the window that opens the circuit.", "B"),
-    EnvVar("BREAKER_MIN_CALLS", "20", "Calls in the window before the failure rate counts.", "B"),
-    EnvVar("BREAKER_WINDOW_SECONDS", "10", "Window for the failure rate.", "B"),
-    EnvVar("BREAKER_RESET_SECONDS", "3", "Time open before one probe call is let through.", "B"),
-    EnvVar("WEB_CONCURRENCY", "2", "gunicorn worker processes (production mode only).", "A,B"),
-    EnvVar("WORKER_CONNECTIONS", "1000", "Concurrent connections per gunicorn worker (production mode).", "A,B"),
-    EnvVar("FAULT_DELAY_MS", "0", "Fault injection: delay every /echo by this much (0 = off).", "A"),
-    EnvVar("FAULT_DELAY_JITTER_MS", "0", "Fault injection: add a random 0..N ms to the delay.", "A"),
-    EnvVar("FAULT_ERROR_RATE", "0", "Fault injection: share of /echo answered with an error.", "A"),
-    EnvVar("FAULT_ERROR_STATUS", "503", "Fault injection: status of injected errors (500-599).", "A"),
-)
+def _int(name: str, default: str, help: str, services: str, low: int, high: int, unit: str = "") -> EnvVar:
+    return EnvVar(name, default, help, services, "int", low, high, unit)
 
+
+def _number(name: str, default: str, help: str, services: str, low: float, high: float, unit: str = "") -> EnvVar:
+    return EnvVar(name, default, help, services, "number", low, high, unit)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+TRACE_EXPORTERS = ("console", "otlp")
+OTLP_PROTOCOLS = ("http/protobuf",)  # the only OTLP exporter requirements-otel.txt installs
+MAX_FAULT_DELAY_MS = 60_000  # the cap: no setting can make A sleep longer than this per request
 # The longest request line production A accepts (gunicorn's limit_request_line, at its maximum);
 # B checks what it would send to A against it.
 MAX_REQUEST_LINE_BYTES = 8190
-MAX_FAULT_DELAY_MS = 60_000  # the cap: no setting can make A sleep longer than this per request
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LOG_FORMATS = ("text", "json")
+
+ENV_VARS: dict[str, EnvVar] = _declare(
+    EnvVar("SERVICE_A_HOST", "127.0.0.1", "Address Service A binds to.", "A"),
+    _int("SERVICE_A_PORT", "8080", "Port Service A listens on.", "A", 1, 65535),
+    EnvVar("SERVICE_B_HOST", "127.0.0.1", "Address Service B binds to.", "B"),
+    _int("SERVICE_B_PORT", "8081", "Port Service B listens on.", "B", 1, 65535),
+    EnvVar(
+        "SERVICE_A_URL",
+        "http://127.0.0.1:${SERVICE_A_PORT}",
+        "Base URL B calls (http://host[:port]); the only address B ever sends requests to.",
+        "B",
+    ),
+    EnvVar("LOG_LEVEL", "INFO", "Lowest level logged.", "A,B", "choice", choices=LOG_LEVELS),
+    EnvVar("LOG_FORMAT", "text", "text (the document's format) or json (one object per line).", "A,B", "choice",
+           choices=LOG_FORMATS),
+    EnvVar("LOG_PROBES", "true", "Log /health, /ready and /metrics requests too.", "A,B", "flag"),
+    _int("MAX_MSG_BYTES", "4096", "Longest accepted msg (UTF-8); longer gets 414.", "A,B", 1, 1_000_000, "bytes"),
+    _number("DRAIN_DELAY_SECONDS", "0", "On SIGTERM, time /ready answers 503 before the listener closes.", "A,B",
+            0, 300, "s"),
+    _number("DRAIN_TIMEOUT_SECONDS", "10", "On SIGTERM, longest wait for in-flight requests to finish.", "A,B",
+            0, 600, "s"),
+    _number("UPSTREAM_TIMEOUT_SECONDS", "2", "Deadline for one /call-echo, retries included.", "B", 0.01, 600, "s"),
+    _number("UPSTREAM_CONNECT_TIMEOUT_SECONDS", "0.5", "Longest wait for a TCP connection to A.", "B",
+            0.001, 600, "s"),
+    _int("UPSTREAM_MAX_IN_FLIGHT", "256", "Calls to A in flight per process; more are shed (503).", "B",
+         1, 100_000, "calls"),
+    _int("RETRY_ATTEMPTS", "3", "Attempts per call, first included; 1 switches retries off.", "B", 1, 10),
+    _int("RETRY_BACKOFF_INITIAL_MS", "25", "Backoff ceiling before the first retry (full jitter).", "B",
+         0, 60_000, "ms"),
+    _int("RETRY_BACKOFF_MAX_MS", "250", "Largest backoff ceiling.", "B", 0, 60_000, "ms"),
+    _number("RETRY_BUDGET_RATIO", "0.2", "Retries allowed as a share of recent calls.", "B", 0, 1),
+    _int("RETRY_BUDGET_MIN_RETRIES", "3", "Retries always allowed per budget window.", "B", 0, 1_000_000),
+    _number("RETRY_BUDGET_WINDOW_SECONDS", "10", "Window the retry budget counts over.", "B", 0.1, 3600, "s"),
+    _int("BREAKER_FAILURE_THRESHOLD", "5", "Consecutive failures that open the circuit.", "B", 1, 1_000_000),
+    _number("BREAKER_FAILURE_RATE", "0.5", "Failure share in the window that opens the circuit.", "B", 0.01, 1),
+    _int("BREAKER_MIN_CALLS", "20", "Calls in the window before the failure rate counts.", "B", 1, 1_000_000),
+    _number("BREAKER_WINDOW_SECONDS", "10", "Window for the failure rate.", "B", 0.1, 3600, "s"),
+    _number("BREAKER_RESET_SECONDS", "3", "Time open before one probe call is let through.", "B", 0.01, 3600, "s"),
+    _int("WEB_CONCURRENCY", "2", "gunicorn worker processes (production mode only).", "A,B", 1, 64, "processes"),
+    _int("WORKER_CONNECTIONS", "1000", "Concurrent connections per gunicorn worker (production mode).", "A,B",
+         1, 100_000, "connections"),
+    _int("FAULT_DELAY_MS", "0", "Fault injection: delay every /echo by this much (0 = off).", "A",
+         0, MAX_FAULT_DELAY_MS, "ms"),
+    _int("FAULT_DELAY_JITTER_MS", "0", "Fault injection: add a random 0..N ms to the delay.", "A",
+         0, MAX_FAULT_DELAY_MS, "ms"),
+    _number("FAULT_ERROR_RATE", "0", "Fault injection: share of /echo answered with an error.", "A", 0, 1),
+    _int("FAULT_ERROR_STATUS", "503", "Fault injection: status of injected errors.", "A", 500, 599),
+    EnvVar(
+        "PROMETHEUS_MULTIPROC_DIR", "",
+        "Directory where several worker processes keep their metrics; unset, gunicorn makes a fresh one per run.",
+        "A,B",
+    ),
+    EnvVar(
+        "OTEL_TRACES_EXPORTER", "none",
+        "Tracing: console, otlp (a comma list) or none; off unless one exporter is named.", "A,B",
+    ),
+    EnvVar("OTEL_SDK_DISABLED", "false", "Tracing: true switches it off whatever the exporter says.", "A,B", "flag"),
+    EnvVar("OTEL_SERVICE_NAME", "", "Tracing: the service.name of the spans (default service_a / service_b).", "A,B"),
+    EnvVar("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "Tracing: the OTLP protocol.", "A,B", "choice",
+           choices=OTLP_PROTOCOLS),
+    EnvVar("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "", "Tracing: the OTLP protocol for traces (default: the above).",
+           "A,B"),
+)
 
 
 class _Reader:
@@ -101,16 +158,29 @@ class _Reader:
         except (ValueError, OverflowError):
             raise SettingsError(f"{name} must be {what}, got {text!r}") from None
 
-    def integer(self, name: str, low: int, high: int) -> int:
-        value = self._parse(name, int, f"a whole number from {low} to {high}")
-        if not low <= value <= high:
-            raise SettingsError(f"{name} must be a whole number from {low} to {high}, got {value}")
+    def _range(self, name: str, low: float | None, high: float | None) -> tuple[float, float]:
+        var = ENV_VARS[name]
+        low = var.low if low is None else low
+        high = var.high if high is None else high
+        if low is None or high is None:
+            raise TypeError(f"{name} is declared without a range")
+        return low, high
+
+    def integer(self, name: str, low: int | None = None, high: int | None = None) -> int:
+        """A whole number within the declared range (or ``low``..``high`` when given)."""
+        lo, hi = self._range(name, low, high)
+        what = f"a whole number from {lo:g} to {hi:g}"
+        value = self._parse(name, int, what)
+        if not lo <= value <= hi:
+            raise SettingsError(f"{name} must be {what}, got {value}")
         return value
 
-    def number(self, name: str, low: float, high: float) -> float:
-        value = self._parse(name, float, f"a number from {low:g} to {high:g}")
-        if not low <= value <= high:  # also rejects nan
-            raise SettingsError(f"{name} must be a number from {low:g} to {high:g}, got {value:g}")
+    def number(self, name: str, low: float | None = None, high: float | None = None) -> float:
+        """A number within the declared range (or ``low``..``high`` when given); never nan."""
+        lo, hi = self._range(name, low, high)
+        value = self._parse(name, float, f"a number from {lo:g} to {hi:g}")
+        if not lo <= value <= hi:  # also rejects nan
+            raise SettingsError(f"{name} must be a number from {lo:g} to {hi:g}, got {value:g}")
         return value
 
     def flag(self, name: str) -> bool:
@@ -121,17 +191,57 @@ class _Reader:
             return False
         raise SettingsError(f"{name} must be true or false, got {text!r}")
 
-    def choice(self, name: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
+    def choice(self, name: str, choices: tuple[str, ...] | None = None, *, upper: bool = False) -> str:
+        """One of the declared choices (or ``choices``), compared in their case."""
+        allowed = choices or ENV_VARS[name].choices
         text = self.raw(name)
-        text = text.upper() if upper else text.lower()
-        if text not in choices:
-            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {text!r}")
+        text = text.upper() if upper or allowed[0].isupper() else text.lower()
+        if text not in allowed:
+            raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {text!r}")
         return text
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    """OpenTelemetry tracing, from the standard ``OTEL_*`` variables; off unless an exporter is named.
+
+    The SDK reads its own further variables (sampler, batch sizes, the OTLP endpoint) itself.
+    """
+
+    exporters: tuple[str, ...]
+    disabled: bool
+    service_name: str | None
+    otlp_protocol: str
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.exporters) and not self.disabled
+
+
+def _tracing(read: _Reader) -> TracingSettings:
+    names = [n.strip().lower() for n in read.raw("OTEL_TRACES_EXPORTER").split(",") if n.strip()]
+    exporters = tuple(dict.fromkeys(n for n in names if n != "none"))  # "none,none" is no exporter at all
+    unknown = [n for n in exporters if n not in TRACE_EXPORTERS]
+    if unknown:
+        raise SettingsError(f"OTEL_TRACES_EXPORTER must be console, otlp or none, got {unknown[0]!r}")
+    protocol = read.choice("OTEL_EXPORTER_OTLP_PROTOCOL")
+    traces_protocol = read.raw("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or protocol
+    if traces_protocol not in OTLP_PROTOCOLS:
+        raise SettingsError(
+            f"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL must be one of {', '.join(OTLP_PROTOCOLS)} "
+            f"(the only OTLP protocol installed), got {traces_protocol!r}"
+        )
+    return TracingSettings(
+        exporters=exporters,
+        disabled=read.flag("OTEL_SDK_DISABLED"),
+        service_name=read.raw("OTEL_SERVICE_NAME") or None,
+        otlp_protocol=traces_protocol,
+    )
+
+
+@dataclass(frozen=True)
 class ServerSettings:
-    """What every service process needs: where to listen, how to log, limits and draining."""
+    """What every service process needs: where to listen, how to log, limits, draining, metrics, tracing."""
 
     service: str
     host: str
@@ -142,6 +252,8 @@ class ServerSettings:
     max_msg_bytes: int
     drain_delay_s: float
     drain_timeout_s: float
+    metrics_dir: str | None  # PROMETHEUS_MULTIPROC_DIR: several worker processes share metrics there
+    tracing: TracingSettings
 
     @property
     def bind(self) -> str:
@@ -152,10 +264,10 @@ class ServerSettings:
 class FaultSettings:
     """Service A's opt-in fault injection, fixed at start-up; all zero means off."""
 
-    delay_ms: int = 0
-    delay_jitter_ms: int = 0
-    error_rate: float = 0.0
-    error_status: int = 503
+    delay_ms: int
+    delay_jitter_ms: int
+    error_rate: float
+    error_status: int
 
     @property
     def enabled(self) -> bool:
@@ -164,23 +276,27 @@ class FaultSettings:
 
 @dataclass(frozen=True)
 class UpstreamSettings:
-    """How B calls A: address, deadline, bulkhead, retry policy and circuit breaker."""
+    """How B calls A: address, deadline, bulkhead, retry policy and circuit breaker.
+
+    No defaults here: they are declared once, in ``ENV_VARS``; ``service_b_settings({...}).upstream``
+    gives the default settings with a few changed.
+    """
 
     url: str
-    timeout_s: float = 2.0
-    connect_timeout_s: float = 0.5
-    max_in_flight: int = 256
-    retry_attempts: int = 3
-    retry_backoff_initial_s: float = 0.025
-    retry_backoff_max_s: float = 0.25
-    retry_budget_ratio: float = 0.2
-    retry_budget_min_retries: int = 3
-    retry_budget_window_s: float = 10.0
-    breaker_failure_threshold: int = 5
-    breaker_failure_rate: float = 0.5
-    breaker_min_calls: int = 20
-    breaker_window_s: float = 10.0
-    breaker_reset_s: float = 3.0
+    timeout_s: float
+    connect_timeout_s: float
+    max_in_flight: int
+    retry_attempts: int
+    retry_backoff_initial_s: float
+    retry_backoff_max_s: float
+    retry_budget_ratio: float
+    retry_budget_min_retries: int
+    retry_budget_window_s: float
+    breaker_failure_threshold: int
+    breaker_failure_rate: float
+    breaker_min_calls: int
+    breaker_window_s: float
+    breaker_reset_s: float
 
 
 @dataclass(frozen=True)
@@ -195,6 +311,19 @@ class ServiceBSettings:
     upstream: UpstreamSettings
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """gunicorn's process model, production mode only."""
+
+    workers: int
+    worker_connections: int
+
+
+def _reader(environ: Mapping[str, str] | None) -> _Reader:
+    # The one place the process environment is read.
+    return _Reader(os.environ if environ is None else environ)
+
+
 def _server(read: _Reader, service: str) -> ServerSettings:
     prefix = "SERVICE_A" if service == "service_a" else "SERVICE_B"
     host = read.raw(f"{prefix}_HOST")
@@ -203,24 +332,26 @@ def _server(read: _Reader, service: str) -> ServerSettings:
     return ServerSettings(
         service=service,
         host=host,
-        port=read.integer(f"{prefix}_PORT", 1, 65535),
-        log_level=read.choice("LOG_LEVEL", LOG_LEVELS, upper=True),
-        log_format=read.choice("LOG_FORMAT", LOG_FORMATS),
+        port=read.integer(f"{prefix}_PORT"),
+        log_level=read.choice("LOG_LEVEL"),
+        log_format=read.choice("LOG_FORMAT"),
         log_probes=read.flag("LOG_PROBES"),
-        max_msg_bytes=read.integer("MAX_MSG_BYTES", 1, 1_000_000),
-        drain_delay_s=read.number("DRAIN_DELAY_SECONDS", 0, 300),
-        drain_timeout_s=read.number("DRAIN_TIMEOUT_SECONDS", 0, 600),
+        max_msg_bytes=read.integer("MAX_MSG_BYTES"),
+        drain_delay_s=read.number("DRAIN_DELAY_SECONDS"),
+        drain_timeout_s=read.number("DRAIN_TIMEOUT_SECONDS"),
+        metrics_dir=read.raw("PROMETHEUS_MULTIPROC_DIR") or None,
+        tracing=_tracing(read),
     )
 
 
 def service_a_settings(environ: Mapping[str, str] | None = None) -> ServiceASettings:
     """Service A's settings from ``environ`` (default: the process environment)."""
-    read = _Reader(os.environ if environ is None else environ)
+    read = _reader(environ)
     faults = FaultSettings(
-        delay_ms=read.integer("FAULT_DELAY_MS", 0, MAX_FAULT_DELAY_MS),
-        delay_jitter_ms=read.integer("FAULT_DELAY_JITTER_MS", 0, MAX_FAULT_DELAY_MS),
-        error_rate=read.number("FAULT_ERROR_RATE", 0, 1),
-        error_status=read.integer("FAULT_ERROR_STATUS", 500, 599),
+        delay_ms=read.integer("FAULT_DELAY_MS"),
+        delay_jitter_ms=read.integer("FAULT_DELAY_JITTER_MS"),
+        error_rate=read.number("FAULT_ERROR_RATE"),
+        error_status=read.integer("FAULT_ERROR_STATUS"),
     )
     if faults.delay_ms + faults.delay_jitter_ms > MAX_FAULT_DELAY_MS:
         raise SettingsError(
@@ -233,7 +364,7 @@ def service_a_settings(environ: Mapping[str, str] | None = None) -> ServiceASett
 def _upstream_url(read: _Reader) -> str:
     text = read.raw("SERVICE_A_URL")
     if "${SERVICE_A_PORT}" in text:  # the default: A's own port setting, validated as such
-        text = text.replace("${SERVICE_A_PORT}", str(read.integer("SERVICE_A_PORT", 1, 65535)))
+        text = text.replace("${SERVICE_A_PORT}", str(read.integer("SERVICE_A_PORT")))
     parts = urlsplit(text)
     try:
         port = parts.port
@@ -246,55 +377,50 @@ def _upstream_url(read: _Reader) -> str:
 
 def service_b_settings(environ: Mapping[str, str] | None = None) -> ServiceBSettings:
     """Service B's settings from ``environ`` (default: the process environment)."""
-    read = _Reader(os.environ if environ is None else environ)
+    read = _reader(environ)
     upstream = UpstreamSettings(
         url=_upstream_url(read),
-        timeout_s=read.number("UPSTREAM_TIMEOUT_SECONDS", 0.01, 600),
-        connect_timeout_s=read.number("UPSTREAM_CONNECT_TIMEOUT_SECONDS", 0.001, 600),
-        max_in_flight=read.integer("UPSTREAM_MAX_IN_FLIGHT", 1, 100_000),
-        retry_attempts=read.integer("RETRY_ATTEMPTS", 1, 10),
-        retry_backoff_initial_s=read.integer("RETRY_BACKOFF_INITIAL_MS", 0, 60_000) / 1000,
-        retry_backoff_max_s=read.integer("RETRY_BACKOFF_MAX_MS", 0, 60_000) / 1000,
-        retry_budget_ratio=read.number("RETRY_BUDGET_RATIO", 0, 1),
-        retry_budget_min_retries=read.integer("RETRY_BUDGET_MIN_RETRIES", 0, 1_000_000),
-        retry_budget_window_s=read.number("RETRY_BUDGET_WINDOW_SECONDS", 0.1, 3600),
-        breaker_failure_threshold=read.integer("BREAKER_FAILURE_THRESHOLD", 1, 1_000_000),
-        breaker_failure_rate=read.number("BREAKER_FAILURE_RATE", 0.01, 1),
-        breaker_min_calls=read.integer("BREAKER_MIN_CALLS", 1, 1_000_000),
-        breaker_window_s=read.number("BREAKER_WINDOW_SECONDS", 0.1, 3600),
-        breaker_reset_s=read.number("BREAKER_RESET_SECONDS", 0.01, 3600),
+        timeout_s=read.number("UPSTREAM_TIMEOUT_SECONDS"),
+        connect_timeout_s=read.number("UPSTREAM_CONNECT_TIMEOUT_SECONDS"),
+        max_in_flight=read.integer("UPSTREAM_MAX_IN_FLIGHT"),
+        retry_attempts=read.integer("RETRY_ATTEMPTS"),
+        retry_backoff_initial_s=read.integer("RETRY_BACKOFF_INITIAL_MS") / 1000,
+        retry_backoff_max_s=read.integer("RETRY_BACKOFF_MAX_MS") / 1000,
+        retry_budget_ratio=read.number("RETRY_BUDGET_RATIO"),
+        retry_budget_min_retries=read.integer("RETRY_BUDGET_MIN_RETRIES"),
+        retry_budget_window_s=read.number("RETRY_BUDGET_WINDOW_SECONDS"),
+        breaker_failure_threshold=read.integer("BREAKER_FAILURE_THRESHOLD"),
+        breaker_failure_rate=read.number("BREAKER_FAILURE_RATE"),
+        breaker_min_calls=read.integer("BREAKER_MIN_CALLS"),
+        breaker_window_s=read.number("BREAKER_WINDOW_SECONDS"),
+        breaker_reset_s=read.number("BREAKER_RESET_SECONDS"),
     )
     return ServiceBSettings(server=_server(read, "service_b"), upstream=upstream)
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """gunicorn's process model, production mode only."""
-
-    workers: int = 2
-    worker_connections: int = 1000
-
-
 def worker_settings(environ: Mapping[str, str] | None = None) -> WorkerSettings:
-    read = _Reader(os.environ if environ is None else environ)
+    read = _reader(environ)
     return WorkerSettings(
-        workers=read.integer("WEB_CONCURRENCY", 1, 64),
-        worker_connections=read.integer("WORKER_CONNECTIONS", 1, 100_000),
+        workers=read.integer("WEB_CONCURRENCY"),
+        worker_connections=read.integer("WORKER_CONNECTIONS"),
     )
 
 
 def settings_table() -> list[dict[str, Any]]:
-    """Every variable as a row (name, default, services, meaning), for docs and tests."""
+    """Every variable as a row (name, default, services, allowed values, unit, meaning), for docs and tests."""
     return [
-        {"name": v.name, "default": v.default, "services": v.services, "help": v.help}
+        {"name": v.name, "default": v.default, "services": v.services, "allowed": v.allowed(), "unit": v.unit,
+         "help": v.help}
         for v in ENV_VARS.values()
     ]
 
 
 def markdown_table() -> str:
-    """The README's configuration table, generated so it cannot drift from the code."""
-    rows = ["| variable | read by | default | meaning |", "| --- | --- | --- | --- |"]
-    rows += [f"| `{v.name}` | {v.services} | `{v.default}` | {v.help} |" for v in ENV_VARS.values()]
+    """docs/configuration.md's table, generated so it cannot drift from the code."""
+    rows = ["| variable | read by | default | allowed | unit | meaning |", "| --- | --- | --- | --- | --- | --- |"]
+    for v in ENV_VARS.values():
+        default = f"`{v.default}`" if v.default else "(unset)"
+        rows.append(f"| `{v.name}` | {v.services} | {default} | {v.allowed()} | {v.unit} | {v.help} |")
     return "\n".join(rows)
 
 

@@ -36,7 +36,7 @@ def create_base_app(import_name: str, server: ServerSettings, logger: logging.Lo
     """
     app = Flask(import_name)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no route reads a body; refuse big ones early
-    Echokit(server, Lifecycle(server.drain_delay_s, server.drain_timeout_s), Metrics()).init_app(app)
+    Echokit(server, Lifecycle(server.drain_delay_s, server.drain_timeout_s), Metrics(server.metrics_dir)).init_app(app)
     app.register_blueprint(probes)
 
     @app.before_request
