@@ -32,13 +32,6 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_switches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tracing and multiprocess metrics read os.environ directly; keep them off in unit tests."""
-    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-
-
 class _QuietHandler(WSGIRequestHandler):
     """werkzeug's request handler without its per-request stderr line (our apps log their own)."""
 

@@ -21,9 +21,9 @@ import pytest
 import requests
 from werkzeug.test import EnvironBuilder
 
-from echokit import logs
+from echokit import logs, tracing
 from echokit.context import MAX_REQUEST_ID_LENGTH, accept_request_id
-from echokit.settings import SettingsError
+from echokit.settings import SettingsError, service_a_settings, service_b_settings
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}\Z")
 # Tracing is an optional install (requirements-otel.txt); `pip install -r requirements.txt` alone
@@ -35,26 +35,24 @@ def _otel_installed() -> bool:
         return False
 
 
+TRACING_ON = {"OTEL_TRACES_EXPORTER": "console"}  # the switch, as a service reads it
 needs_otel = pytest.mark.skipif(not _otel_installed(), reason="needs pip install -r requirements-otel.txt")
 
 
 @pytest.fixture
-def memory_tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def memory_tracing() -> Iterator[Any]:
     """Tracing switched on the standard way, with spans kept in memory; undone after the test."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from echokit import otel
-
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")  # the switch; the provider below wins
-    otel.use_provider(provider)
+    tracing.use_provider(provider)  # apps built with TRACING_ON use it instead of the console exporter
     yield exporter
-    otel.uninstrument()
-    otel.use_provider(None)
+    tracing.uninstrument()
+    tracing.use_provider(None)
 
 
 @pytest.fixture
@@ -76,9 +74,9 @@ def captured_logs() -> Iterator[Callable[[], list[str]]]:
 
 
 def _chain(make_a: Any, make_b: Any, serve: Any, logs_of: Callable[[], list[str]]) -> str:
-    """Serve A and B (B wired to A) and return B's URL; log capture starts once both exist."""
-    a = serve(make_a())
-    b = serve(make_b(a.url, {"UPSTREAM_TIMEOUT_SECONDS": "5"}))
+    """Serve A and B (B wired to A) with tracing on and return B's URL; log capture starts once both exist."""
+    a = serve(make_a(TRACING_ON))
+    b = serve(make_b(a.url, {"UPSTREAM_TIMEOUT_SECONDS": "5", **TRACING_ON}))
     logs_of()  # both apps have configured their loggers by now: redirect them
     return str(b.url)
 
@@ -139,7 +137,7 @@ def test_tracing_off_imports_nothing_from_opentelemetry():
     """A built app imports no OpenTelemetry module unless OTEL_TRACES_EXPORTER switches tracing on."""
     script = textwrap.dedent(
         """
-        import os, sys
+        import sys
         from service_a.app import create_app as make_a
         from service_b.app import create_app as make_b
         from echokit.settings import service_a_settings, service_b_settings
@@ -147,11 +145,10 @@ def test_tracing_off_imports_nothing_from_opentelemetry():
         def loaded():
             return sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry")
 
-        for value in (None, "none", "console"):
-            if value is not None:
-                os.environ["OTEL_TRACES_EXPORTER"] = value
-            make_a(service_a_settings({}))
-            make_b(service_b_settings({}))
+        for value in (None, "none", "none,none", "console"):
+            env = {} if value is None else {"OTEL_TRACES_EXPORTER": value}
+            make_a(service_a_settings(env))
+            make_b(service_b_settings(env))
             print(value, len(loaded()))
         """
     )
@@ -163,43 +160,34 @@ def test_tracing_off_imports_nothing_from_opentelemetry():
     counts = dict(line.split() for line in result.stdout.splitlines())
     assert counts["None"] == "0"
     assert counts["none"] == "0"
+    assert counts["none,none"] == "0"
     assert int(counts["console"]) > 0  # the same check does see OpenTelemetry once it is switched on
 
 
 def test_tracing_switched_on_without_opentelemetry_installed_says_how_to_install_it(make_a, monkeypatch):
     """OTEL_TRACES_EXPORTER without the optional packages stops start-up with a one-line install hint."""
-    import echokit
-
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
-    monkeypatch.delattr(echokit, "otel", raising=False)
-    monkeypatch.setitem(sys.modules, "echokit.otel", None)  # what a missing install looks like to import
+    # What a missing install looks like to import.
+    monkeypatch.setitem(sys.modules, "opentelemetry.instrumentation.flask", None)
     with pytest.raises(SettingsError, match=r"pip install -r requirements-otel\.txt"):
-        make_a()
+        make_a(TRACING_ON)
 
 
 @needs_otel
 def test_exporter_choice_follows_otel_traces_exporter():
-    """console and otlp are accepted (also as a list), none means no exporter, anything else is refused."""
+    """console gets a span processor that prints at once, otlp a batching one; OTEL_SERVICE_NAME names the spans."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-    from echokit import otel
-
-    assert otel.exporter_names({"OTEL_TRACES_EXPORTER": "none"}) == []
-    assert otel.exporter_names({"OTEL_TRACES_EXPORTER": "Console, otlp"}) == ["console", "otlp"]
-    with pytest.raises(SettingsError, match="zipkin"):
-        otel.exporter_names({"OTEL_TRACES_EXPORTER": "zipkin"})
-    with pytest.raises(SettingsError, match="grpc"):
-        otel.make_provider("service_b", {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
-
-    provider = otel.make_provider("service_b", {"OTEL_TRACES_EXPORTER": "otlp"})
+    otlp = service_b_settings({"OTEL_TRACES_EXPORTER": "otlp"}).server.tracing
+    provider = tracing.make_provider("service_b", otlp)
     processors = provider._active_span_processor._span_processors
     assert [type(p) for p in processors] == [BatchSpanProcessor]
     assert isinstance(processors[0]._batch_processor._exporter, OTLPSpanExporter)
     assert provider.resource.attributes["service.name"] == "service_b"
     provider.shutdown()
 
-    console = otel.make_provider("service_a", {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "echo-a"})
+    named = service_a_settings({"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "echo-a"}).server.tracing
+    console = tracing.make_provider("service_a", named)
     assert [type(p) for p in console._active_span_processor._span_processors] == [SimpleSpanProcessor]
     assert console.resource.attributes["service.name"] == "echo-a"
     console.shutdown()
@@ -208,8 +196,6 @@ def test_exporter_choice_follows_otel_traces_exporter():
 @needs_otel
 def test_otlp_exporter_sends_the_spans_to_the_configured_collector(make_a, make_b, serve, monkeypatch):
     """OTEL_TRACES_EXPORTER=otlp posts the request's spans as protobuf to OTEL_EXPORTER_OTLP_ENDPOINT."""
-    from echokit import otel
-
     posts: list[tuple[str, str, bytes]] = []
 
     def collector(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -218,18 +204,18 @@ def test_otlp_exporter_sends_the_spans_to_the_configured_collector(make_a, make_
         start_response("200 OK", [("Content-Type", "application/x-protobuf"), ("Content-Length", "0")])
         return [b""]
 
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    otlp = {"OTEL_TRACES_EXPORTER": "otlp"}
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", serve(collector).url)  # read by the exporter itself
-    provider = otel.make_provider("service_b")
-    otel.use_provider(provider)
+    provider = tracing.make_provider("service_b", service_b_settings(otlp).server.tracing)
+    tracing.use_provider(provider)
     try:
-        a = serve(make_a())
-        b = serve(make_b(a.url))
+        a = serve(make_a(otlp))
+        b = serve(make_b(a.url, otlp))
         assert requests.get(f"{b.url}/call-echo?msg=otlp", timeout=5).status_code == 200
         assert provider.force_flush(5000)
     finally:
-        otel.uninstrument()
-        otel.use_provider(None)
+        tracing.uninstrument()
+        tracing.use_provider(None)
         provider.shutdown()
     assert posts and all(path == "/v1/traces" and ctype == "application/x-protobuf" for path, ctype, _ in posts)
     sent = b"".join(body for _, _, body in posts)

@@ -9,7 +9,7 @@ from contextvars import ContextVar
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"
 MAX_REQUEST_ID_LENGTH = 128
-# Where the request's trace id waits for the access line (set by echokit.otel when tracing is on).
+# Where the request's trace id waits for the access line (set by echokit.tracing when tracing is on).
 TRACE_ID_ENVIRON = "echokit.trace_id"
 
 # Safe in a header, a log line and a URL: no spaces, quotes, control characters or separators.

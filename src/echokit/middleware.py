@@ -75,7 +75,7 @@ class ObservedApp:
                     "%s %s %d %.2fms", method, path, status_code, latency_ms,
                     extra={
                         "method": method, "path": path, "status": status_code, "latency_ms": latency_ms,
-                        # The request's span has ended by now; echokit.otel kept its trace id here.
+                        # The request's span has ended by now; echokit.tracing kept its trace id here.
                         "trace_id": environ.get(TRACE_ID_ENVIRON),
                     },
                 )

@@ -1,11 +1,16 @@
-"""OpenTelemetry tracing for both services; imported by :mod:`echokit.tracing` only when it is on.
+"""Optional OpenTelemetry tracing for both services, switched by the settings' ``OTEL_*`` values.
 
-``instrument(app, service_name)`` gives the process one SDK ``TracerProvider`` (resource
-``service.name`` from ``OTEL_SERVICE_NAME``, else the service's name; exporter from
-``OTEL_TRACES_EXPORTER``), instruments the Flask app with OpenTelemetry's own Flask
-instrumentation and, for Service B, urllib3 (``HTTPConnectionPool.urlopen``, which B's
-``EchoClient`` calls), so W3C ``traceparent`` goes B -> A and A's server span is a child of B's
-client span. Log lines get ``trace_id`` through :data:`echokit.logs.trace_id_provider`.
+Off unless ``OTEL_TRACES_EXPORTER`` names an exporter (``console`` or ``otlp``) and
+``OTEL_SDK_DISABLED`` is not true (parsed once, in :mod:`echokit.settings`); while off, nothing
+from OpenTelemetry is imported. Install it with ``pip install -r requirements-otel.txt``.
+
+When on, ``instrument_app(app, service_name, settings)`` gives the process one SDK
+``TracerProvider`` (resource ``service.name`` from ``OTEL_SERVICE_NAME``, else the service's name),
+instruments the Flask app with OpenTelemetry's own Flask instrumentation and, for Service B,
+urllib3 (``HTTPConnectionPool.urlopen``, which B's ``EchoClient`` calls), so W3C ``traceparent``
+goes B -> A and A's server span is a child of B's client span. Log lines get ``trace_id``
+through :data:`echokit.logs.trace_id_provider`. The sampler, batch settings and the OTLP
+endpoint are the SDK's own ``OTEL_*`` variables, which it reads itself.
 
 Under gunicorn the app is built in each worker after the fork, so the provider (and the batch
 processor's export thread) is created there, in the process that uses it.
@@ -13,43 +18,74 @@ processor's export thread) is created there, in the process that uses it.
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, request
-from opentelemetry import trace
-from opentelemetry.instrumentation.flask import FlaskInstrumentor
-from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
 
 from echokit import logs
 from echokit.context import TRACE_ID_ENVIRON
-from echokit.settings import SettingsError
+from echokit.settings import SettingsError, TracingSettings
 
-EXPORTERS = ("console", "otlp")
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+
+__all__ = ["current_trace_id", "instrument_app", "make_provider", "uninstrument", "use_provider"]
+
 # Services whose outbound HTTP client (urllib3) is instrumented.
 CLIENT_SERVICES = frozenset({"service_b"})
 
 _provider: TracerProvider | None = None  # this process's provider, made on first use
-_urllib3 = URLLib3Instrumentor()
+_urllib3: Any = None  # the URLLib3Instrumentor, made on first use
 
 
-def exporter_names(environ: Any = os.environ) -> list[str]:
-    """The exporters ``OTEL_TRACES_EXPORTER`` names (comma-separated, as the spec allows)."""
-    names = [n.strip().lower() for n in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
-    names = [n for n in names if n != "none"]
-    unknown = [n for n in names if n not in EXPORTERS]
-    if unknown:
-        raise SettingsError(f"OTEL_TRACES_EXPORTER must be console, otlp or none, got {unknown[0]!r}")
-    return names
+def instrument_app(app: Flask, service_name: str, settings: TracingSettings) -> None:
+    """Trace ``app`` (and the HTTP client of services that call others) when tracing is on."""
+    if not settings.enabled:
+        return
+    try:
+        from opentelemetry import trace
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+        from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
+    except ImportError as exc:  # tracing asked for but not installed: say how to fix it, in one line
+        raise SettingsError(
+            f"OTEL_TRACES_EXPORTER is set but OpenTelemetry is not installed ({exc.name}): "
+            "pip install -r requirements-otel.txt"
+        ) from None
+
+    global _provider, _urllib3  # noqa: PLW0603 - one provider per process is the point
+    if _provider is None:
+        _provider = make_provider(service_name, settings)
+        trace.set_tracer_provider(_provider)  # for any code that asks the global API for a tracer
+    FlaskInstrumentor.instrument_app(app, tracer_provider=_provider)  # type: ignore[no-untyped-call]
+    app.before_request(_remember_trace_id)
+    if service_name in CLIENT_SERVICES:
+        if _urllib3 is None:
+            _urllib3 = URLLib3Instrumentor()
+        if not _urllib3.is_instrumented_by_opentelemetry:
+            _urllib3.instrument(tracer_provider=_provider)
+    logs.trace_id_provider = current_trace_id
+
+
+def make_provider(service_name: str, settings: TracingSettings) -> TracerProvider:
+    """A TracerProvider exporting to the exporters ``settings`` names."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
+    name = settings.service_name or service_name
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    for exporter_name in settings.exporters:
+        if exporter_name == "console":
+            # Printed as each span ends: a console exporter is for watching, so no batching delay.
+            provider.add_span_processor(
+                SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout, formatter=_one_line_json))
+            )
+        else:  # otlp over http/protobuf, the one protocol the settings accept
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
 
 
 def _one_line_json(span: ReadableSpan) -> str:
@@ -57,45 +93,16 @@ def _one_line_json(span: ReadableSpan) -> str:
     return str(span.to_json(indent=None)) + "\n"
 
 
-def make_provider(service_name: str, environ: Any = os.environ) -> TracerProvider:
-    """A TracerProvider exporting to what ``OTEL_TRACES_EXPORTER`` names.
-
-    ``environ`` chooses the exporters and the service name; the sampler (``OTEL_TRACES_SAMPLER``),
-    batch settings (``OTEL_BSP_*``) and the OTLP endpoint, headers and timeout
-    (``OTEL_EXPORTER_OTLP_*``) are read from ``os.environ`` by the SDK itself.
-    """
-    name = environ.get("OTEL_SERVICE_NAME") or service_name
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
-    for exporter_name in exporter_names(environ):
-        if exporter_name == "console":
-            # Printed as each span ends: a console exporter is for watching, so no batching delay.
-            provider.add_span_processor(
-                SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout, formatter=_one_line_json))
-            )
-        else:
-            provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(environ)))
-    return provider
-
-
-def _otlp_exporter(environ: Any) -> SpanExporter:
-    protocol = (
-        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
-    ).strip()
-    if protocol and protocol != "http/protobuf":
-        raise SettingsError(f"only the http/protobuf OTLP protocol is installed, got {protocol!r}")
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    return OTLPSpanExporter()
-
-
 def use_provider(provider: TracerProvider | None) -> None:
     """Use ``provider`` for apps instrumented from now on (tests pass an in-memory one; None resets)."""
-    global _provider  # noqa: PLW0603 - one provider per process is the point
+    global _provider  # noqa: PLW0603
     _provider = provider
 
 
 def current_trace_id() -> str | None:
     """The current span's trace id as 32 hex digits, or None outside a sampled span."""
+    from opentelemetry import trace
+
     context = trace.get_current_span().get_span_context()
     return trace.format_trace_id(context.trace_id) if context.is_valid else None
 
@@ -106,26 +113,15 @@ def _remember_trace_id() -> None:
     request.environ[TRACE_ID_ENVIRON] = current_trace_id()
 
 
-def instrument(app: Flask, service_name: str) -> None:
-    """Trace ``app`` (and the HTTP client of services that call others) with this process's provider."""
-    global _provider  # noqa: PLW0603
-    if _provider is None:
-        _provider = make_provider(service_name)
-        trace.set_tracer_provider(_provider)  # for any code that asks the global API for a tracer
-    FlaskInstrumentor.instrument_app(app, tracer_provider=_provider)  # type: ignore[no-untyped-call]
-    app.before_request(_remember_trace_id)
-    if service_name in CLIENT_SERVICES and not _urllib3.is_instrumented_by_opentelemetry:
-        _urllib3.instrument(tracer_provider=_provider)
-    logs.trace_id_provider = current_trace_id
-
-
 def uninstrument(app: Flask | None = None) -> None:
-    """Undo :func:`instrument` for this process (tests): urllib3, the log hook, and ``app``."""
+    """Undo :func:`instrument_app` for this process (tests): urllib3, the log hook, and ``app``."""
     if app is not None:
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
         FlaskInstrumentor.uninstrument_app(app)  # type: ignore[no-untyped-call]
         funcs = app.before_request_funcs.get(None, [])
         if _remember_trace_id in funcs:
             funcs.remove(_remember_trace_id)
-    if _urllib3.is_instrumented_by_opentelemetry:
+    if _urllib3 is not None and _urllib3.is_instrumented_by_opentelemetry:
         _urllib3.uninstrument()
     logs.trace_id_provider = None

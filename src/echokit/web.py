@@ -90,5 +90,5 @@ def finish_app(app: Flask, server: ServerSettings, logger: logging.Logger) -> Fl
     )
     from echokit import tracing  # imports OpenTelemetry only when it is switched on
 
-    tracing.instrument_app(app, server.service)
+    tracing.instrument_app(app, server.service, server.tracing)
     return app
