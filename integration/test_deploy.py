@@ -30,7 +30,7 @@ import pytest
 import yaml
 from flask import Flask
 
-from echokit.serving import ensure_metrics_dir, gunicorn_settings, service_from_argv
+from echokit.servers.gunicorn_config import ensure_metrics_dir, gunicorn_settings, service_from_argv
 from echokit.settings import ENV_VARS, service_a_settings, service_b_settings
 from harness import REPO, ServiceProcess, free_port, port_is_closed
 from service_a.app import create_app as create_a
@@ -254,7 +254,7 @@ def graceful_timeout(service: str, env: dict[str, str], monkeypatch: pytest.Monk
 
 
 def read_by_serving(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> bool:
-    """Whether gunicorn.conf.py's code (echokit.serving) reads ``name``: set it, see the effect."""
+    """Whether gunicorn.conf.py's code (echokit.servers.gunicorn_config) reads ``name``: set it, see the effect."""
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     if name == "PROMETHEUS_MULTIPROC_DIR":
         probe = str(tmp_path / "probe")
@@ -397,8 +397,8 @@ def test_probes_use_routes_the_apps_serve(k8s):
         routes = {rule.rule for rule in app.url_map.iter_rules()}
         paths = {probe: pod[probe]["httpGet"]["path"] for probe in ("startupProbe", "livenessProbe", "readinessProbe")}
         assert set(paths.values()) <= routes
-        health = app.view_functions["health"]
-        ready = app.view_functions["ready"]
+        health = app.view_functions["probes.health"]
+        ready = app.view_functions["probes.ready"]
         assert app.view_functions[app.url_map.bind("").match(paths["livenessProbe"])[0]] is health
         assert app.view_functions[app.url_map.bind("").match(paths["startupProbe"])[0]] is health
         assert app.view_functions[app.url_map.bind("").match(paths["readinessProbe"])[0]] is ready
@@ -557,8 +557,12 @@ def test_builder_builds_the_project_wheel_from_the_build_context(tmp_path):
         names = set(archive.namelist())
     config = (REPO / "gunicorn.conf.py").read_text()
     needed = {"service_a/app.py", "service_b/app.py", "echokit/settings.py"}
-    needed |= {m.replace(".", "/") + ".py" for m in re.findall(r"(echokit\.[a-z_.]+?)(?:\.[A-Z]\w*)?\b", config)}
-    assert needed <= names, needed - names
+    modules = set(re.findall(r"\b(echokit(?:\.[a-z_]+)+)", config))
+    assert modules, "gunicorn.conf.py names no echokit module: this check would prove nothing"
+    missing = {
+        m for m in modules if not {m.replace(".", "/") + ".py", m.replace(".", "/") + "/__init__.py"} & names
+    }
+    assert needed <= names and not missing, (needed - names, missing)
 
 
 # ================================================================ the image's command, run here

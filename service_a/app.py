@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from echokit.devserver import run_main
 from echokit.faults import FaultInjector
 from echokit.resilience.deadline import TIMEOUT_ENVIRON, TIMEOUT_HEADER, parse_timeout_header
 from echokit.responses import BadMessageError, error_response, json_response, parse_msg
+from echokit.servers.dev import run_main
 from echokit.settings import ServiceASettings, service_a_settings
 from echokit.web import create_base_app, finish_app
 from service_a.logging_utils import setup_logging

@@ -9,9 +9,9 @@ from __future__ import annotations
 from flask import Flask, Response, request
 
 from echokit.context import REQUEST_ID_ENVIRON
-from echokit.devserver import run_main
 from echokit.extension import echokit_of
 from echokit.responses import BadMessageError, error_response, json_response, parse_msg
+from echokit.servers.dev import run_main
 from echokit.settings import ServiceBSettings, service_b_settings
 from echokit.upstream import EchoClient, UpstreamError
 from echokit.web import create_base_app, finish_app

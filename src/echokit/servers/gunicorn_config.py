@@ -1,4 +1,8 @@
-"""What ``gunicorn.conf.py`` needs, computed from the command line and the environment."""
+"""gunicorn's configuration for both services: what ``gunicorn.conf.py`` hands over to.
+
+``gunicorn_config(sys.argv, os.environ)`` returns every gunicorn setting and hook, computed from
+the command line (which service) and the same settings loader the services use.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,15 @@ import glob
 import os
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gunicorn import glogging
 
+from echokit.servers import gunicorn_patches
 from echokit.settings import (
+    MAX_REQUEST_LINE_BYTES,
     ServerSettings,
     SettingsError,
     WorkerSettings,
@@ -76,7 +82,8 @@ class GunicornSettings:
 
     def on_starting(self, arbiter: Any) -> None:
         """Once per run, before any worker: start the metrics directory empty."""
-        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        directory = self.server.metrics_dir
+        assert directory is not None  # gunicorn_settings always sets one
         os.makedirs(directory, exist_ok=True)
         for stale in glob.glob(os.path.join(directory, "*.db")):
             os.remove(stale)
@@ -87,6 +94,10 @@ class GunicornSettings:
         arbiter.log.info(
             "%s listening on http://%s (gunicorn, %d gevent workers)", self.service, self.server.bind, self.workers
         )
+
+    def post_fork(self, arbiter: Any, worker: Any) -> None:
+        """In each worker, before it serves: gunicorn's own errors in JSON, the project's Server header."""
+        gunicorn_patches.apply()
 
     def child_exit(self, arbiter: Any, worker: Any) -> None:
         from echokit.metrics import mark_worker_dead
@@ -105,10 +116,12 @@ class AppAccessLogger(glogging.Logger):  # type: ignore[misc]
         return None
 
 
-def ensure_metrics_dir(environ: Any) -> str:
+def ensure_metrics_dir(environ: MutableMapping[str, str]) -> str:
     """Point prometheus_client's multiprocess mode at a directory, making one if none is set.
 
-    Must run before prometheus_client is first imported: it picks its storage at import time.
+    ``environ`` is the process environment gunicorn.conf.py hands over: the workers inherit the
+    directory through it, and prometheus_client (which picks its storage when first imported)
+    reads it there. Runs before the settings are loaded, so they see the same directory.
     """
     directory = environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
@@ -117,18 +130,60 @@ def ensure_metrics_dir(environ: Any) -> str:
     return str(directory)
 
 
-def gunicorn_settings(argv: Sequence[str], environ: Mapping[str, str]) -> GunicornSettings:
+def gunicorn_settings(argv: Sequence[str], environ: MutableMapping[str, str]) -> GunicornSettings:
     """Settings for gunicorn.conf.py; a bad value stops gunicorn with a one-line message."""
     try:
         service = service_from_argv(argv)
         loader = service_a_settings if service == "service_a" else service_b_settings
-        server = loader(environ).server
-        ensure_metrics_dir(os.environ)
+        ensure_metrics_dir(environ)
         return GunicornSettings(
             service=service,
-            server=server,
+            server=loader(environ).server,
             process_model=worker_settings(environ),
         )
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+# gunicorn's own header limits: a field as long as its longest request line, and at most 100 fields.
+MAX_HEADER_FIELD_BYTES = 8190
+MAX_HEADER_FIELDS = 100
+
+
+def gunicorn_config(argv: Sequence[str], environ: MutableMapping[str, str]) -> dict[str, Any]:
+    """Every setting and hook of gunicorn.conf.py, by gunicorn's names."""
+    config = gunicorn_settings(argv, environ)
+    return {
+        "bind": config.bind,
+        "workers": config.workers,
+        "worker_class": "echokit.servers.gunicorn_worker.GracefulGeventWorker",
+        "worker_connections": config.worker_connections,
+        # A replacement instance can bind the same port before the old one is sent SIGTERM, so a
+        # restart outside gunicorn's own reload (SIGHUP) never refuses a connection. The cost: a second
+        # instance started by mistake on the same port shares the traffic instead of failing.
+        "reuse_port": True,
+        # Idle keep-alive connections close after this long; it is also how long a client may take
+        # to send a request's headers, so a slowloris client ties up one greenlet for 5 s at most.
+        "keepalive": 5,
+        "timeout": 30,
+        "graceful_timeout": config.graceful_timeout,
+        # The request-line limit at gunicorn's maximum; B checks what it sends to A against the same constant.
+        "limit_request_line": MAX_REQUEST_LINE_BYTES,
+        "limit_request_fields": MAX_HEADER_FIELDS,
+        "limit_request_field_size": MAX_HEADER_FIELD_BYTES,
+        # The services log one access line per request themselves, in the document's format.
+        "accesslog": None,
+        "logger_class": "echokit.servers.gunicorn_config.AppAccessLogger",
+        "errorlog": "-",
+        "loglevel": config.log_level.lower(),
+        "logconfig_dict": config.logconfig_dict,
+        "proc_name": config.service,
+        "on_starting": config.on_starting,
+        "when_ready": config.when_ready,
+        "post_fork": config.post_fork,
+        "child_exit": config.child_exit,
+        # No runtime control socket: two services on one host would fight over its default path, and
+        # the container's root filesystem is read-only.
+        "control_socket_disable": True,
+    }

@@ -1,4 +1,4 @@
-"""gunicorn's gevent worker, with draining on SIGTERM and JSON bodies for its own errors.
+"""gunicorn's gevent worker, with draining on SIGTERM (its JSON errors: :mod:`echokit.servers.gunicorn_patches`).
 
 gevent because B spends its time waiting on A: each request is a cheap greenlet, so 200 calls
 hanging on a frozen A cost 200 greenlets, not 200 threads, and ``/health`` keeps answering.
@@ -6,36 +6,15 @@ hanging on a frozen A cost 200 greenlets, not 200 threads, and ``/health`` keeps
 
 from __future__ import annotations
 
-import json
 import weakref
 from types import FrameType, TracebackType
 from typing import Any
 
 import gevent
-from gunicorn import util
-from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
 from echokit.extension import echokit_of
 from echokit.lifecycle import Lifecycle
-
-
-def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
-    """gunicorn's ``util.write_error`` with a JSON body instead of an HTML page."""
-    body = json.dumps({"error": reason, "details": mesg} if mesg else {"error": reason})
-    response = (
-        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n{body}"
-    )
-    util.write_nonblock(sock, response.encode("latin-1"))
-
-
-# gunicorn answers malformed or oversized requests (414, 431, 400) before any app code runs;
-# this makes those answers JSON like every other error of the services.
-util.write_error = write_json_error
-# gunicorn names itself in every answer's Server header; name the project instead, as the dev server does.
-gunicorn_wsgi.SERVER = "distributed-echo-system"
-
 
 # How long a keep-alive connection must stay idle after the worker stops accepting before it is closed.
 IDLE_CLOSE_GRACE_S = 0.5
