@@ -8,54 +8,43 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from echokit.faults import FaultInjector
+from echokit.faults import FaultInjector, FaultOutcome
 from echokit.resilience.deadline import TIMEOUT_ENVIRON, TIMEOUT_HEADER, parse_timeout_header
-from echokit.responses import BadMessageError, error_response, json_response, parse_msg
+from echokit.responses import error_response, json_response
 from echokit.servers.dev import run_main
 from echokit.settings import ServiceASettings, service_a_settings
-from echokit.web import create_base_app, finish_app
-from service_a.logging_utils import setup_logging
+from echokit.web import create_base_app, finish_app, request_msg
 
 
 def create_app(settings: ServiceASettings | None = None) -> Flask:
     """Build Service A from ``settings`` (default: read from the environment)."""
     settings = settings or service_a_settings()
-    server = settings.server
-    logger = setup_logging(server)
-    app = create_base_app(__name__, server, logger)
-    faults = FaultInjector(settings.faults)
+    app, logger = create_base_app(__name__, settings.server)
+    faults = FaultInjector(settings.faults, logger=logger)
     if faults.enabled:
         logger.warning("fault injection ON: %s", settings.faults)
 
     @app.get("/echo")
     def echo() -> Response:
         """``{"echo": msg}``; a missing or empty ``msg`` echoes ``""``."""
+        msg = request_msg()
         try:
-            msg = parse_msg(request.environ.get("QUERY_STRING", "").encode("latin-1"), server.max_msg_bytes)
             budget_s = parse_timeout_header(request.environ.get(TIMEOUT_ENVIRON))
-        except BadMessageError as exc:
-            return error_response(exc.status, exc.error)
         except ValueError as exc:
             return error_response(400, f"Invalid {TIMEOUT_HEADER} header", str(exc))
-        if faults.enabled:
-            plan = faults.plan()
-            if budget_s is not None and plan.delay_s >= budget_s:
-                # The caller stops waiting at its deadline: stop working then too.
-                faults.sleep(budget_s)
-                logger.warning(
-                    "abandoned /echo after %.0fms: the caller's deadline passed before the injected %.0fms delay ended",
-                    budget_s * 1000, plan.delay_s * 1000,
-                )
-                return error_response(
-                    504, "Deadline exceeded", f"The caller's {budget_s * 1000:.0f}ms budget ran out; work abandoned"
-                )
-            if plan.delay_s > 0:
-                faults.sleep(plan.delay_s)
-            if plan.error_status is not None:
-                return error_response(plan.error_status, "Injected fault", "FAULT_ERROR_RATE is set on Service A")
+        outcome = faults.apply(budget_s)
+        if outcome is FaultOutcome.ABANDONED:
+            assert budget_s is not None  # only a caller's deadline abandons work
+            return error_response(
+                504, "Deadline exceeded", f"The caller's {budget_s * 1000:.0f}ms budget ran out; work abandoned"
+            )
+        if outcome is FaultOutcome.ERROR:
+            return error_response(
+                settings.faults.error_status, "Injected fault", "FAULT_ERROR_RATE is set on Service A"
+            )
         return json_response({"echo": msg or ""})
 
-    return finish_app(app, server, logger)
+    return finish_app(app, settings.server, logger)
 
 
 if __name__ == "__main__":

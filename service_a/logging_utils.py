@@ -1,14 +1,9 @@
-"""Service A's logger: the shared echokit logging set up under the name ``service_a``."""
+"""Service A's logging configuration, at the design document's path.
 
-from __future__ import annotations
-
-import logging
+The setup is the one both services share, :func:`echokit.logs.configure_logging`, which
+create_app calls (through :func:`echokit.web.create_base_app`) with the logger name ``service_a``.
+"""
 
 from echokit.logs import configure_logging
-from echokit.settings import ServerSettings
 
-LOGGER_NAME = "service_a"
-
-
-def setup_logging(server: ServerSettings) -> logging.Logger:
-    return configure_logging(LOGGER_NAME, server.log_level, server.log_format)
+__all__ = ["configure_logging"]

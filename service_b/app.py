@@ -10,12 +10,11 @@ from flask import Flask, Response, request
 
 from echokit.context import REQUEST_ID_ENVIRON
 from echokit.extension import echokit_of
-from echokit.responses import BadMessageError, error_response, json_response, parse_msg
+from echokit.responses import error_response, json_response
 from echokit.servers.dev import run_main
 from echokit.settings import ServiceBSettings, service_b_settings
 from echokit.upstream import EchoClient, UpstreamError
-from echokit.web import create_base_app, finish_app
-from service_b.logging_utils import setup_logging
+from echokit.web import create_base_app, finish_app, request_msg
 
 MISSING_MSG = "Missing 'msg' parameter"
 
@@ -23,9 +22,7 @@ MISSING_MSG = "Missing 'msg' parameter"
 def create_app(settings: ServiceBSettings | None = None, client: EchoClient | None = None) -> Flask:
     """Build Service B from ``settings`` (default: the environment) and a client for A."""
     settings = settings or service_b_settings()
-    server = settings.server
-    logger = setup_logging(server)
-    app = create_base_app(__name__, server, logger)
+    app, logger = create_base_app(__name__, settings.server)
     ext = echokit_of(app)
     client = client or EchoClient(settings.upstream, logger=logger, metrics=ext.metrics)
     ext.client = client
@@ -35,10 +32,7 @@ def create_app(settings: ServiceBSettings | None = None, client: EchoClient | No
     @app.get("/call-echo")
     def call_echo() -> Response:
         """Echo ``msg`` through Service A: 200 with A's answer, 400 without msg, 503 if A fails."""
-        try:
-            msg = parse_msg(request.environ.get("QUERY_STRING", "").encode("latin-1"), server.max_msg_bytes)
-        except BadMessageError as exc:
-            return error_response(exc.status, exc.error)
+        msg = request_msg()
         if not msg:
             return error_response(400, MISSING_MSG)
         try:
@@ -50,7 +44,7 @@ def create_app(settings: ServiceBSettings | None = None, client: EchoClient | No
             return error_response(exc.status, exc.error, exc.details, headers)
         return json_response({"msg": msg, "echo_response": echo_response})
 
-    return finish_app(app, server, logger)
+    return finish_app(app, settings.server, logger)
 
 
 if __name__ == "__main__":

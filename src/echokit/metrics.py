@@ -20,10 +20,11 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from echokit.resilience.breaker import BreakerState
+
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0)
-BREAKER_STATES = ("closed", "open", "half_open")
-UPSTREAM_OUTCOMES = ("success", "timeout", "connection_error", "bad_status", "bad_response", "shed", "circuit_open")
+BREAKER_STATES = tuple(BreakerState)
 # No ``*_created`` series: in the 0.0.4 text format Prometheus reads them as extra gauges, and
 # multiprocess mode (gunicorn) never has them, so the dev server's /metrics now reads the same.
 disable_created_metrics()  # type: ignore[no-untyped-call]

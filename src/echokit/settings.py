@@ -183,6 +183,30 @@ class _Reader:
             raise SettingsError(f"{name} must be a number from {lo:g} to {hi:g}, got {value:g}")
         return value
 
+    def value(self, name: str) -> Any:
+        """The variable parsed the way its declaration says (kind, range, choices)."""
+        kind = ENV_VARS[name].kind
+        if kind == "int":
+            return self.integer(name)
+        if kind == "number":
+            return self.number(name)
+        if kind == "flag":
+            return self.flag(name)
+        if kind == "choice":
+            return self.choice(name)
+        return self.raw(name)
+
+    def fields(self, variables: Mapping[str, str]) -> dict[str, Any]:
+        """Keyword arguments for a settings class: each field's value read from its variable.
+
+        A field in seconds (``*_s``) read from a variable in milliseconds is converted.
+        """
+        values = {}
+        for field, name in variables.items():
+            value = self.value(name)
+            values[field] = value / 1000 if field.endswith("_s") and ENV_VARS[name].unit == "ms" else value
+        return values
+
     def flag(self, name: str) -> bool:
         text = self.raw(name).lower()
         if text in ("1", "true", "yes", "on"):
@@ -319,6 +343,40 @@ class WorkerSettings:
     worker_connections: int
 
 
+# Each settings field and the variable it is read from (ports, hosts and URLs need more than a parser).
+_SERVER_FIELDS = {
+    "log_level": "LOG_LEVEL",
+    "log_format": "LOG_FORMAT",
+    "log_probes": "LOG_PROBES",
+    "max_msg_bytes": "MAX_MSG_BYTES",
+    "drain_delay_s": "DRAIN_DELAY_SECONDS",
+    "drain_timeout_s": "DRAIN_TIMEOUT_SECONDS",
+}
+_FAULT_FIELDS = {
+    "delay_ms": "FAULT_DELAY_MS",
+    "delay_jitter_ms": "FAULT_DELAY_JITTER_MS",
+    "error_rate": "FAULT_ERROR_RATE",
+    "error_status": "FAULT_ERROR_STATUS",
+}
+_UPSTREAM_FIELDS = {
+    "timeout_s": "UPSTREAM_TIMEOUT_SECONDS",
+    "connect_timeout_s": "UPSTREAM_CONNECT_TIMEOUT_SECONDS",
+    "max_in_flight": "UPSTREAM_MAX_IN_FLIGHT",
+    "retry_attempts": "RETRY_ATTEMPTS",
+    "retry_backoff_initial_s": "RETRY_BACKOFF_INITIAL_MS",
+    "retry_backoff_max_s": "RETRY_BACKOFF_MAX_MS",
+    "retry_budget_ratio": "RETRY_BUDGET_RATIO",
+    "retry_budget_min_retries": "RETRY_BUDGET_MIN_RETRIES",
+    "retry_budget_window_s": "RETRY_BUDGET_WINDOW_SECONDS",
+    "breaker_failure_threshold": "BREAKER_FAILURE_THRESHOLD",
+    "breaker_failure_rate": "BREAKER_FAILURE_RATE",
+    "breaker_min_calls": "BREAKER_MIN_CALLS",
+    "breaker_window_s": "BREAKER_WINDOW_SECONDS",
+    "breaker_reset_s": "BREAKER_RESET_SECONDS",
+}
+_WORKER_FIELDS = {"workers": "WEB_CONCURRENCY", "worker_connections": "WORKER_CONNECTIONS"}
+
+
 def _reader(environ: Mapping[str, str] | None) -> _Reader:
     # The one place the process environment is read.
     return _Reader(os.environ if environ is None else environ)
@@ -333,12 +391,7 @@ def _server(read: _Reader, service: str) -> ServerSettings:
         service=service,
         host=host,
         port=read.integer(f"{prefix}_PORT"),
-        log_level=read.choice("LOG_LEVEL"),
-        log_format=read.choice("LOG_FORMAT"),
-        log_probes=read.flag("LOG_PROBES"),
-        max_msg_bytes=read.integer("MAX_MSG_BYTES"),
-        drain_delay_s=read.number("DRAIN_DELAY_SECONDS"),
-        drain_timeout_s=read.number("DRAIN_TIMEOUT_SECONDS"),
+        **read.fields(_SERVER_FIELDS),
         metrics_dir=read.raw("PROMETHEUS_MULTIPROC_DIR") or None,
         tracing=_tracing(read),
     )
@@ -347,12 +400,7 @@ def _server(read: _Reader, service: str) -> ServerSettings:
 def service_a_settings(environ: Mapping[str, str] | None = None) -> ServiceASettings:
     """Service A's settings from ``environ`` (default: the process environment)."""
     read = _reader(environ)
-    faults = FaultSettings(
-        delay_ms=read.integer("FAULT_DELAY_MS"),
-        delay_jitter_ms=read.integer("FAULT_DELAY_JITTER_MS"),
-        error_rate=read.number("FAULT_ERROR_RATE"),
-        error_status=read.integer("FAULT_ERROR_STATUS"),
-    )
+    faults = FaultSettings(**read.fields(_FAULT_FIELDS))
     if faults.delay_ms + faults.delay_jitter_ms > MAX_FAULT_DELAY_MS:
         raise SettingsError(
             f"FAULT_DELAY_MS + FAULT_DELAY_JITTER_MS must be at most {MAX_FAULT_DELAY_MS}, "
@@ -378,32 +426,13 @@ def _upstream_url(read: _Reader) -> str:
 def service_b_settings(environ: Mapping[str, str] | None = None) -> ServiceBSettings:
     """Service B's settings from ``environ`` (default: the process environment)."""
     read = _reader(environ)
-    upstream = UpstreamSettings(
-        url=_upstream_url(read),
-        timeout_s=read.number("UPSTREAM_TIMEOUT_SECONDS"),
-        connect_timeout_s=read.number("UPSTREAM_CONNECT_TIMEOUT_SECONDS"),
-        max_in_flight=read.integer("UPSTREAM_MAX_IN_FLIGHT"),
-        retry_attempts=read.integer("RETRY_ATTEMPTS"),
-        retry_backoff_initial_s=read.integer("RETRY_BACKOFF_INITIAL_MS") / 1000,
-        retry_backoff_max_s=read.integer("RETRY_BACKOFF_MAX_MS") / 1000,
-        retry_budget_ratio=read.number("RETRY_BUDGET_RATIO"),
-        retry_budget_min_retries=read.integer("RETRY_BUDGET_MIN_RETRIES"),
-        retry_budget_window_s=read.number("RETRY_BUDGET_WINDOW_SECONDS"),
-        breaker_failure_threshold=read.integer("BREAKER_FAILURE_THRESHOLD"),
-        breaker_failure_rate=read.number("BREAKER_FAILURE_RATE"),
-        breaker_min_calls=read.integer("BREAKER_MIN_CALLS"),
-        breaker_window_s=read.number("BREAKER_WINDOW_SECONDS"),
-        breaker_reset_s=read.number("BREAKER_RESET_SECONDS"),
-    )
+    upstream = UpstreamSettings(url=_upstream_url(read), **read.fields(_UPSTREAM_FIELDS))
     return ServiceBSettings(server=_server(read, "service_b"), upstream=upstream)
 
 
 def worker_settings(environ: Mapping[str, str] | None = None) -> WorkerSettings:
     read = _reader(environ)
-    return WorkerSettings(
-        workers=read.integer("WEB_CONCURRENCY"),
-        worker_connections=read.integer("WORKER_CONNECTIONS"),
-    )
+    return WorkerSettings(**read.fields(_WORKER_FIELDS))
 
 
 def settings_table() -> list[dict[str, Any]]:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from echokit.extension import Echokit, echokit_of
 from echokit.lifecycle import Lifecycle
+from echokit.logs import configure_logging
 from echokit.metrics import Metrics
 from echokit.middleware import ROUTE_ENVIRON, ObservedApp
 from echokit.probes import probes
-from echokit.responses import error_response
+from echokit.responses import BadMessageError, error_response, parse_msg
 from echokit.settings import ServerSettings
 
 OPENAPI_FILE = "openapi.json"
@@ -29,11 +30,13 @@ _ERROR_TEXT = {
 }
 
 
-def create_base_app(import_name: str, server: ServerSettings, logger: logging.Logger) -> Flask:
-    """A Flask app with ``/health``, ``/ready``, ``/metrics`` and JSON errors for everything.
+def create_base_app(import_name: str, server: ServerSettings) -> tuple[Flask, logging.Logger]:
+    """A Flask app with ``/health``, ``/ready``, ``/metrics`` and JSON errors for everything, and the
+    service's logger (named ``service_a`` or ``service_b``, in the settings' level and format).
 
     The service module adds its own routes, then calls :func:`finish_app`.
     """
+    logger = configure_logging(server.service, server.log_level, server.log_format)
     app = Flask(import_name)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no route reads a body; refuse big ones early
     Echokit(server, Lifecycle(server.drain_delay_s, server.drain_timeout_s), Metrics(server.metrics_dir)).init_app(app)
@@ -53,6 +56,11 @@ def create_base_app(import_name: str, server: ServerSettings, logger: logging.Lo
             """The service's checked-in OpenAPI document, byte for byte."""
             return Response(openapi, mimetype="application/json")
 
+    @app.errorhandler(BadMessageError)
+    def bad_message(exc: BadMessageError) -> Response:
+        """A ``msg`` that cannot be accepted, in either service: its status and message."""
+        return error_response(exc.status, exc.error)
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
@@ -67,7 +75,17 @@ def create_base_app(import_name: str, server: ServerSettings, logger: logging.Lo
         logger.exception("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
         return error_response(500, "Internal server error")
 
-    return app
+    return app, logger
+
+
+def request_msg() -> str | None:
+    """The current request's ``msg``, decoded strictly; None when there is none.
+
+    Raises :class:`BadMessageError` (answered by the app's handler) for a ``msg`` that is not
+    valid percent-encoded UTF-8 or is longer than ``MAX_MSG_BYTES``.
+    """
+    query = request.environ.get("QUERY_STRING", "").encode("latin-1")
+    return parse_msg(query, echokit_of(current_app).server.max_msg_bytes)
 
 
 def load_openapi(root_path: str) -> bytes | None:

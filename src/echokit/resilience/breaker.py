@@ -14,13 +14,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from echokit.resilience.clock import Clock
 from echokit.resilience.window import SlidingCounts
 
-CLOSED = "closed"
-OPEN = "open"
-HALF_OPEN = "half_open"
+
+class BreakerState(str, Enum):
+    """The breaker's three states; each reads as its value in logs, JSON and metric labels."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
 
 class CircuitOpenError(Exception):
@@ -62,7 +73,7 @@ class CircuitBreaker:
         self._lock = threading.Lock()
 
     @property
-    def state(self) -> str:
+    def state(self) -> BreakerState:
         with self._lock:
             return self._state
 
@@ -142,7 +153,7 @@ class CircuitBreaker:
             return f"failure rate {failures}/{calls} in the last {cfg.window_s:g}s"
         return None
 
-    def _move(self, new: str, reason: str) -> tuple[str, str, str]:
+    def _move(self, new: BreakerState, reason: str) -> tuple[str, str, str]:
         old, self._state = self._state, new
         if new == CLOSED:
             self._window = SlidingCounts(self.config.window_s, self.clock, ("success", "failure"))
