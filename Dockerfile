@@ -3,7 +3,7 @@
 #   docker build -t distributed-echo-system:1.0.0 .
 #   docker run distributed-echo-system:1.0.0                                  # Service A (the default CMD)
 #   docker run distributed-echo-system:1.0.0 'service_b.app:create_app()'     # Service B
-# See the README's "Deploying" section; integration/test_deploy.py runs this file's command.
+# See the README's "Deploying" section; tests/integration/test_deploy.py runs this file's command.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

@@ -1,4 +1,4 @@
-"""CPU cost of the pieces of one request, measured in-process (``python bench/micro.py``).
+"""CPU cost of the pieces of one request, measured in-process (``python -m bench.micro``).
 
 Throughput on a shared 2-core machine swings with whatever else runs; CPU time per operation,
 measured in one process with the pieces interleaved, is far steadier, and it is what decides
@@ -22,12 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.support.harness import start_service  # imports no prometheus_client (see below)
+
 # prometheus_client picks its storage when first imported: multiprocess, as under gunicorn.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="echo-micro-metrics-"))
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "integration"))
-
-from harness import start_service  # noqa: E402 - needs the sys.path line above
 
 REQUEST = b"GET /echo?msg=hello HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
 
@@ -124,7 +123,7 @@ def metrics_and_json_costs() -> dict[str, float]:
     from echokit.resilience.retry import RetryBudget, RetryPolicy, run_with_retries
     from echokit.responses import json_response, to_json
 
-    metrics = Metrics()
+    metrics = Metrics(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     budget = RetryBudget(0.2, 3, 10.0, SYSTEM_CLOCK)
     policy = RetryPolicy()
 

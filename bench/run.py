@@ -1,7 +1,7 @@
 """Benchmark: production mode (gunicorn + gevent) against dev mode and the document taken literally.
 
-    python bench/run.py              # full run, ~9 min: results in bench/results/latest.{json,png}
-    python bench/run.py --quick      # < 60 s smoke run of every code path (part of scripts/test)
+    python -m bench.run              # full run, ~9 min: results in bench/results/latest.{json,png}
+    python -m bench.run --quick      # < 60 s smoke run of every code path (part of scripts/test)
 
 It starts Service A and Service B three times on free loopback ports: in production mode
 (``gunicorn -c gunicorn.conf.py``, gevent worker), in dev mode as the document runs them
@@ -38,10 +38,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "integration"))
+from tests.support.harness import ServiceProcess, group_pids, start_service
 
-from harness import ServiceProcess, group_pids, start_service  # noqa: E402 - needs the sys.path line above
+REPO = Path(__file__).resolve().parent.parent
 
 # prod: gunicorn + gevent (gunicorn.conf.py); dev: python service_x/app.py; literal: bench/literal/
 MODES = ("prod", "dev", "literal")
@@ -639,7 +638,7 @@ class Bench:
         rows = summarize(self.results, args.connections)
         report: dict[str, Any] = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+            "command": " ".join(["python", "-m", "bench.run", *sys.argv[1:]]),
             "quick": args.quick,
             "machine": info,
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],

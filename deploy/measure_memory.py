@@ -1,8 +1,8 @@
 """Measure the memory of each service's pod-equivalent (gunicorn master + workers) under load.
 
-    python deploy/measure_memory.py [--seconds 10] [--connections 64] [--workers 2]
+    python -m deploy.measure_memory [--seconds 10] [--connections 64] [--workers 2]
 
-Starts A and B with the production command (integration/harness.py, gunicorn mode, loopback,
+Starts A and B with the production command (tests/support/harness.py, gunicorn mode, loopback,
 free ports), drives B's /call-echo with wrk, samples every process of each service's process
 group from /proc, and prints the peak RSS sum (counts pages shared after fork once per process,
 an overestimate) and peak PSS sum (shares them out; closest to what a container's cgroup charges).
@@ -12,32 +12,13 @@ The Kubernetes requests and limits in deploy/kubernetes/ are sized from these fi
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
-from harness import ServiceProcess, start_service
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Every live process whose process group is ``pgid``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid:  # fields after "comm)": state, ppid, pgrp, ...
-            pids.append(int(entry))
-    return pids
+from tests.support.harness import ServiceProcess, group_pids, start_service
 
 
 def memory_kib(pid: int) -> tuple[int, int]:

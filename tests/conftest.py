@@ -1,4 +1,4 @@
-"""Fixtures for the fast unit tests: apps built from explicit settings, test clients, live servers.
+"""Fixtures for the in-process tests (tests/unit, the service tests): apps from explicit settings, clients, servers.
 
 Modelled on Flask's tutorial: an app factory fixture and a test client fixture. Settings always come
 from a dict passed to ``service_a_settings``/``service_b_settings``, never from the real environment,
@@ -10,57 +10,21 @@ ephemeral port: B's client talks to them over real sockets, nothing is mocked.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from echokit.extension import echokit_of
 from echokit.settings import service_a_settings, service_b_settings
-from harness import free_port
 from service_a.app import create_app as create_service_a
 from service_b.app import create_app as create_service_b
+from tests.support.harness import free_port
+from tests.support.live import LiveServer, ScriptedA, WSGIApp
 
 # B's budget in these tests: short, so a timeout test costs a fraction of a second, not 2 s.
 B_TEST_TIMEOUT_S = 0.3
-
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """werkzeug's request handler without its per-request stderr line (our apps log their own)."""
-
-    def log_request(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-class LiveServer:
-    """A WSGI app served over real HTTP on 127.0.0.1:<ephemeral port> in a background thread."""
-
-    def __init__(self, app: WSGIApp) -> None:
-        self.server: BaseWSGIServer = make_server(
-            "127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler
-        )
-        self.port = self.server.server_port
-        # A short poll interval keeps shutdown() (which waits for the serve loop) quick.
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -150,49 +114,6 @@ def client_b(app_b: Flask) -> FlaskClient:
 def refused_url() -> str:
     """The URL of a loopback port that nothing listens on, so connecting is refused."""
     return f"http://127.0.0.1:{free_port()}"
-
-
-class ScriptedA:
-    """A fake Service A (a plain WSGI app) whose answers a test scripts and whose requests it records.
-
-    ``statuses`` are answered in order (the last one repeats); while ``gate`` is cleared every request
-    hangs until it is set (bounded), which is how a test makes A "too slow" without sleeping.
-    """
-
-    def __init__(self, statuses: list[int] | None = None, body: bytes | None = None) -> None:
-        self.statuses = list(statuses or [200])
-        self.body = body
-        self.requests: list[dict[str, Any]] = []
-        self.gate = threading.Event()
-        self.gate.set()
-        self._lock = threading.Lock()
-
-    @property
-    def hits(self) -> int:
-        with self._lock:
-            return len(self.requests)
-
-    def hang(self) -> None:
-        self.gate.clear()
-
-    def release(self) -> None:
-        self.gate.set()
-
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        with self._lock:
-            self.requests.append(dict(environ))
-            status = self.statuses[min(len(self.requests) - 1, len(self.statuses) - 1)]
-        self.gate.wait(timeout=10)
-        if self.body is not None:
-            payload = self.body
-        elif status == 200:
-            msg = environ.get("QUERY_STRING", "").partition("msg=")[2]
-            payload = b'{"echo":"%s"}' % msg.encode("latin-1")  # enough for ASCII test messages
-        else:
-            payload = b'{"error":"scripted failure"}'
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
-        start_response(f"{status} Scripted", headers)
-        return [payload]
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from echokit.resilience.clock import ManualClock
 from echokit.settings import service_b_settings
 from echokit.upstream import EchoClient
 from service_b.app import create_app as create_service_b
+from tests.support.waiting import wait_until
 
 # Slack for "B answered at its deadline, not at A's pace": generous for a loaded machine, yet far below
 # the slow A's delay of ten budgets.
@@ -25,16 +26,7 @@ UNAVAILABLE = "Service A unavailable"
 
 
 def body(response: Any) -> str:
-    return response.get_data(as_text=True)  # type: ignore[no-any-return]
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll ``condition`` until it holds; fail the test if it does not within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
+    return response.get_data(as_text=True)
 
 
 # --- the document's examples -------------------------------------------------------------------
@@ -277,7 +269,7 @@ def test_calls_over_the_in_flight_limit_are_shed(make_b: Callable[..., Flask], s
     first = threading.Thread(target=lambda: results.append(app.test_client().get("/call-echo?msg=one").status_code))
     first.start()
     try:
-        wait_until(lambda: fake.hits == 1)
+        wait_until(lambda: fake.hits == 1, 5.0, "the call to reach the fake A", interval_s=0.005)
         shed = app.test_client().get("/call-echo?msg=two")
     finally:
         fake.release()

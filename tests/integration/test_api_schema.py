@@ -7,16 +7,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 from flask import Flask
+
+from tests.support.requires import DEV_REQUIREMENTS
+
+pytest.importorskip("jsonschema", reason=DEV_REQUIREMENTS)
+pytest.importorskip("schemathesis", reason=DEV_REQUIREMENTS)
+import jsonschema
 from schemathesis.specs.openapi.definitions import OPENAPI_31  # the official 3.1 schema, bundled
 
 from echokit.settings import ENV_VARS, service_a_settings, service_b_settings
-from harness import REPO
 from service_a.app import create_app as create_a
 from service_b.app import create_app as create_b
-from test_limits import pair  # noqa: F401 - the shared module-scoped A and B
+from tests.support.harness import REPO
 
 DOCS = {"a": REPO / "service_a" / "openapi.json", "b": REPO / "service_b" / "openapi.json"}
 ERROR_REF = "#/components/schemas/Error"
@@ -58,7 +62,7 @@ def test_document_is_valid_openapi_3_1(name):
 
 
 @pytest.mark.parametrize("mode", ["gunicorn", "dev"])
-def test_served_document_is_the_checked_in_file(pair, mode):  # noqa: F811
+def test_served_document_is_the_checked_in_file(pair, mode):
     """GET /openapi.json answers the checked-in file byte for byte, as JSON, under both servers."""
     for service in pair(mode):
         response = service.get("/openapi.json")

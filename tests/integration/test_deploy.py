@@ -25,16 +25,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import kubernetes_validate
 import pytest
-import yaml
 from flask import Flask
+
+from tests.support.requires import DEV_REQUIREMENTS
+
+pytest.importorskip("kubernetes_validate", reason=DEV_REQUIREMENTS)
+pytest.importorskip("yaml", reason=DEV_REQUIREMENTS)
+import kubernetes_validate
+import yaml
 
 from echokit.servers.gunicorn_config import ensure_metrics_dir, gunicorn_settings, service_from_argv
 from echokit.settings import ENV_VARS, service_a_settings, service_b_settings
-from harness import REPO, ServiceProcess, free_port, port_is_closed
 from service_a.app import create_app as create_a
 from service_b.app import create_app as create_b
+from tests.support.harness import REPO, ServiceProcess, free_port, port_is_closed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +52,7 @@ COMPOSE = REPO / "compose.yaml"
 KUSTOMIZE_DIR = REPO / "deploy" / "kubernetes"
 PROCFILE = REPO / "Procfile.prod"
 SERVICES = ("service_a", "service_b")
-SETTINGS = {"service_a": service_a_settings, "service_b": service_b_settings}
+SETTINGS: dict[str, Callable[..., Any]] = {"service_a": service_a_settings, "service_b": service_b_settings}
 APPS: dict[str, Callable[..., Flask]] = {"service_a": create_a, "service_b": create_b}
 # Variables the Python interpreter (not the services) reads; the image sets them for itself.
 INTERPRETER_VARS = ("PATH", "VIRTUAL_ENV")

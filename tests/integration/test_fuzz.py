@@ -14,10 +14,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from harness import free_port
+import pytest
+
+from tests.support.harness import free_port
+from tests.support.requires import DEV_REQUIREMENTS
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
+if not Path(SCHEMATHESIS).exists():
+    pytest.skip(DEV_REQUIREMENTS, allow_module_level=True)
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))  # per operation; bounded so a run takes seconds
 SEED = os.environ.get("FUZZ_SEED", "20260601")  # fixed for reproducible runs; set FUZZ_SEED to explore
 RUN_TIMEOUT_S = 180
@@ -38,7 +44,7 @@ expected-statuses = {not_a_server_error}
 """
 
 
-def run_schemathesis(base_url: str, work: Path, allowed_statuses: list[str]) -> tuple[str, list[dict]]:
+def run_schemathesis(base_url: str, work: Path, allowed_statuses: list[str]) -> tuple[str, list[dict[str, Any]]]:
     """Run ``schemathesis run`` against ``base_url``; its console output and the HAR entries of the run."""
     config = work / "schemathesis.toml"
     config.write_text(CONFIG.format(not_a_server_error=json.dumps(allowed_statuses)), encoding="utf-8")
@@ -58,7 +64,7 @@ def run_schemathesis(base_url: str, work: Path, allowed_statuses: list[str]) -> 
     return output, entries
 
 
-def assert_error_bodies_are_json(entries: list[dict]) -> dict[int, int]:
+def assert_error_bodies_are_json(entries: list[dict[str, Any]]) -> dict[int, int]:
     """Every 4xx/5xx in the HAR entries is JSON with an ``error`` string; returns the count per status."""
     counts: dict[int, int] = {}
     for entry in entries:
@@ -74,7 +80,7 @@ def assert_error_bodies_are_json(entries: list[dict]) -> dict[int, int]:
     return counts
 
 
-def report(name: str, entries: list[dict], counts: dict[int, int]) -> None:
+def report(name: str, entries: list[dict[str, Any]], counts: dict[int, int]) -> None:
     print(f"\n[fuzz] {name}: {len(entries)} requests, statuses {dict(sorted(counts.items()))}")
 
 

@@ -1,7 +1,7 @@
 """Hostile and oversized input over raw sockets, against real processes in both server modes.
 
 Every case must end in a 4xx whose body is JSON with an ``error`` string, promptly: never a 5xx,
-an HTML page or a hang. Limits (see the README's Reliability section): MAX_MSG_BYTES (default 4096
+an HTML page or a hang. Limits (see docs/testing.md, Limits): MAX_MSG_BYTES (default 4096
 UTF-8 bytes) -> 414; gunicorn's limit_request_line 8190 -> 414, limit_request_field_size 8190 and
 limit_request_fields 100 -> 431, keepalive 5 s = how long a silent client may hold a connection.
 The development server's own limits are http.server's: 65536-byte lines, 100 headers.
@@ -9,57 +9,21 @@ The development server's own limits are http.server's: 65536-byte lines, 100 hea
 
 from __future__ import annotations
 
-import contextlib
-import json
 import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from harness import ServiceProcess, start_service
+from echokit.settings import MAX_REQUEST_LINE_BYTES
+from tests.support.raw import CLOSE, RawAnswer, raw_request
 
 HEADER_TIMEOUT_S = 5.0  # gunicorn.conf.py keepalive; the proposed dev-server handler timeout
 MARGIN_S = 3.0  # scheduling slack on a busy 2-core machine
-GUNICORN_LINE_LIMIT = 8190
-CLOSE = b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n"
 
 
-@dataclass
-class RawAnswer:
-    status: int | None
-    headers: dict[str, str]
-    body: bytes
-    elapsed_s: float
-
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-def raw_request(port: int, data: bytes, timeout: float = 10.0) -> RawAnswer:
-    """Send ``data`` as is and read until the server closes (or ``timeout``): status, headers, body."""
-    started = time.monotonic()
-    chunks: list[bytes] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        # The server may answer and close before reading everything we send.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(data)
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass  # closing with unread input sends RST after the answer
-    raw = b"".join(chunks)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else None
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return RawAnswer(status, headers, body, time.monotonic() - started)
-
-
-def assert_json_4xx(answer: RawAnswer, expected: int | set[int], label: str) -> dict:
+def assert_json_4xx(answer: RawAnswer, expected: int | set[int], label: str) -> dict[str, Any]:
     statuses = {expected} if isinstance(expected, int) else expected
     assert answer.status in statuses, f"{label}: got {answer.status} {answer.body[:200]!r}"
     assert answer.headers.get("content-type", "").startswith("application/json"), f"{label}: {answer.headers}"
@@ -69,38 +33,12 @@ def assert_json_4xx(answer: RawAnswer, expected: int | set[int], label: str) -> 
     return body
 
 
-Pair = tuple[ServiceProcess, ServiceProcess]
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Pair]]:
-    """``pair(mode)``: a default A and a B wired to it, started once per module and mode (starting and
-    stopping gunicorn costs seconds; these tests only read from the services)."""
-    started: dict[str, Pair] = {}
-
-    def get_pair(mode: str) -> Pair:
-        if mode not in started:
-            log_dir = tmp_path_factory.mktemp(f"limits-{mode}")
-            a = start_service("a", log_dir, mode=mode)
-            try:
-                started[mode] = (a, start_service("b", log_dir, mode=mode, a_port=a.port))
-            except BaseException:
-                a.cleanup()
-                raise
-        return started[mode]
-
-    yield get_pair
-    for a, b in started.values():
-        b.cleanup()
-        a.cleanup()
-
-
 def get(path: str, extra: bytes = b"") -> bytes:
     return f"GET {path} HTTP/1.1\r\n".encode("latin-1") + extra + CLOSE
 
 
-# Malformed requests gunicorn answers itself, before any app code runs.
-MALFORMED = {
+# Malformed requests gunicorn answers itself, before any app code runs: request bytes, expected status(es).
+MALFORMED: dict[str, tuple[bytes, int | set[int]]] = {
     "TLS handshake bytes": (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n", 400),
     "HTTP/0.9 request line": (b"GET /echo\r\n\r\n", 400),
     "unknown HTTP version": (get("/echo").replace(b"HTTP/1.1", b"HTTP/9.9", 1), {400, 505}),
@@ -143,7 +81,7 @@ def test_server_size_limits_answer_json_414_and_431(pair, mode):
     answer = raw_request(a.port, get("/echo?msg=" + "a" * line))
     body = assert_json_4xx(answer, 414, "request line")
     if mode == "gunicorn":
-        assert f"> {GUNICORN_LINE_LIMIT})" in body["details"], body  # names the limit
+        assert f"> {MAX_REQUEST_LINE_BYTES})" in body["details"], body  # names the limit
     big_header = b"X-Big: " + b"a" * line + b"\r\n"
     assert_json_4xx(raw_request(a.port, get("/health", big_header)), 431, "header field size")
     many = b"".join(b"X-H%d: 1\r\n" % i for i in range(150))

@@ -19,7 +19,7 @@ import requests
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import ServiceProcess
+from tests.support.harness import ServiceProcess
 
 # The document's access line, exactly, then our suffixes.
 TS = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"

@@ -9,14 +9,19 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 import requests
+
+from tests.support.requires import DEV_REQUIREMENTS
+
+pytest.importorskip("hypothesis", reason=DEV_REQUIREMENTS)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import ServiceProcess, start_service
+from tests.support.harness import ServiceProcess, start_service
 
 MAX_MSG_BYTES = 4096  # the default of the MAX_MSG_BYTES setting
 GUNICORN_REQUEST_LINE = 8190  # limit_request_line in gunicorn.conf.py
@@ -58,7 +63,7 @@ def request_line_length(path: str, msg: str) -> int:
     return len(f"GET {path}?msg={quote(msg, safe='')} HTTP/1.1")
 
 
-def check_answer(response: requests.Response, msg: str, path: str, line_limit: int, body: dict) -> None:
+def check_answer(response: requests.Response, msg: str, path: str, line_limit: int, body: dict[str, Any]) -> None:
     """200 with ``body`` when ``msg`` is within every limit; otherwise a JSON 414 naming the limit."""
     size = len(msg.encode("utf-8"))
     if request_line_length(path, msg) > line_limit:

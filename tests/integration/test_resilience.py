@@ -2,7 +2,7 @@
 
 Both services run under gunicorn (production mode), one worker each so that B's breaker and retry
 budget (which are per process) are the ones the figures describe. Each test prints its figures
-(``pytest -s integration/test_resilience.py`` shows them); the README's Failure handling section quotes them.
+(``pytest -s tests/integration/test_resilience.py`` shows them); docs/resilience.md quotes them.
 Latency bounds carry margins for a loaded 2-core machine: fail-fast claims use the median and p90,
 maxima are asserted generously.
 """
@@ -12,18 +12,27 @@ from __future__ import annotations
 import re
 import signal
 import statistics
+from typing import Any
 
 import requests
 
-from harness import ServiceProcess, wait_until
-from loadgen import HealthSampler, LoadGenerator, Result, Summary, health_figures, percentile, stop_together
+from tests.support.harness import ServiceProcess, wait_until
+from tests.support.loadgen import (
+    HealthSampler,
+    LoadGenerator,
+    Result,
+    Summary,
+    health_figures,
+    percentile,
+    stop_together,
+)
 
 BUDGET_S = 2.0  # UPSTREAM_TIMEOUT_SECONDS' default, which every scenario keeps
 MARGIN_S = 0.5  # scheduling slack on a busy 2-core machine
 RESET_S = 1.0  # BREAKER_RESET_SECONDS for the scenarios (default 3 s), to keep them short
 FAST_S = 0.050  # what "fail fast" and "a fast /health" mean
 # "Steady bounded load": 20 clients, each at most 10 requests a second (200 requests/s in all).
-STEADY = {"clients": 20, "rate_per_client": 10.0}
+STEADY: dict[str, Any] = {"clients": 20, "rate_per_client": 10.0}
 B_ENV = {"BREAKER_RESET_SECONDS": str(RESET_S), "LOG_PROBES": "false"}
 A_ENV = {"LOG_PROBES": "false"}
 

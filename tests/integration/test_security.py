@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 import pytest
 
-from harness import ServiceProcess
-from test_limits import CLOSE, pair, raw_request  # noqa: F401 - pair: the shared module-scoped A and B
+from tests.support.harness import ServiceProcess
+from tests.support.raw import CLOSE, raw_request
 
 # Not escaped by json.dumps(ensure_ascii=False): DEL, C1 controls (NEL = U+0085) and U+2028/U+2029,
 # on which str.splitlines() and some viewers break lines.
@@ -75,7 +75,7 @@ def assert_log_is_safe(service: ServiceProcess, json_format: bool = False) -> No
 
 
 @pytest.mark.parametrize(("mode", "log_format"), [("gunicorn", "text"), ("dev", "text"), ("gunicorn", "json")])
-def test_control_characters_from_clients_are_escaped_in_logs(pair, chain, mode, log_format):  # noqa: F811
+def test_control_characters_from_clients_are_escaped_in_logs(pair, chain, mode, log_format):
     """CR/LF, ANSI escapes and other controls in path, msg and headers never start a forged log line."""
     if log_format == "text":
         a, b = pair(mode)
@@ -122,7 +122,7 @@ SSRF_ATTEMPTS = [
 
 
 @pytest.mark.parametrize("mode", ["gunicorn", "dev"])
-def test_b_only_ever_calls_its_configured_a(pair, decoy, mode):  # noqa: F811
+def test_b_only_ever_calls_its_configured_a(pair, decoy, mode):
     """Whatever URL, host or header a client puts in its request, B connects to its SERVICE_A_URL only."""
     a, b = pair(mode)
     for label, build in SSRF_ATTEMPTS:
@@ -139,7 +139,7 @@ def test_b_only_ever_calls_its_configured_a(pair, decoy, mode):  # noqa: F811
     assert all(f"outbound GET {a.url}/echo " in line for line in outbound), outbound
 
 
-def test_fault_injection_is_off_unless_enabled_at_start_up(pair, services):  # noqa: F811
+def test_fault_injection_is_off_unless_enabled_at_start_up(pair, services):
     """A without FAULT_* never injects, whatever a request asks; with FAULT_ERROR_RATE=1 at start-up it does."""
     a, _ = pair("gunicorn")
     tricks = ["/echo?msg=x&fault=1&delay_ms=5000&error_rate=1", "/echo?msg=x&FAULT_ERROR_RATE=1"]
@@ -175,7 +175,7 @@ def collect_answers(a: ServiceProcess, b: ServiceProcess) -> list[tuple[str, dic
 
 
 @pytest.mark.parametrize("mode", ["gunicorn", "dev"])
-def test_no_stack_trace_framework_or_version_in_any_body(pair, mode):  # noqa: F811
+def test_no_stack_trace_framework_or_version_in_any_body(pair, mode):
     """No answer body (errors included) names a framework, the language or a version, or carries a traceback."""
     a, b = pair(mode)
     answers = collect_answers(a, b)
@@ -188,7 +188,7 @@ def test_no_stack_trace_framework_or_version_in_any_body(pair, mode):  # noqa: F
     print(f"\n[security] {mode}: {len(answers)} answers scanned")
 
 
-def test_gunicorn_server_header_names_no_framework(pair):  # noqa: F811
+def test_gunicorn_server_header_names_no_framework(pair):
     """Under gunicorn the Server header is the project's name, as under the dev server, not 'gunicorn'."""
     a, _ = pair("gunicorn")
     assert a.get("/health").headers.get("Server", "distributed-echo-system") == "distributed-echo-system"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from harness import ServiceProcess, port_is_closed, wait_until
+from tests.support.harness import ServiceProcess, port_is_closed, wait_until
 
 DRAIN_DELAY_S = 0.5
 SLOW_MS = 1200  # A's injected delay: the request that is in flight when SIGTERM arrives

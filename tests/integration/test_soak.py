@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ServiceProcess, group_pids
+from tests.support.harness import ServiceProcess, group_pids
 
 SOAK_S = float(os.environ.get("SOAK_SECONDS", "30"))
 WARMUP_S = 5.0

@@ -13,27 +13,23 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.waiting import wait_until
+
+__all__ = [
+    "REPO", "Pair", "ServiceProcess", "free_port", "group_pids", "port_is_closed", "start_service", "wait_until",
+]
+
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 GUNICORN = str(Path(PYTHON).with_name("gunicorn"))
 APP_FACTORY = {"a": "service_a.app:create_app()", "b": "service_b.app:create_app()"}
 START_TIMEOUT_S = 20.0
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``condition`` every 20 ms until it holds; fail with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -157,6 +153,9 @@ class ServiceProcess:
         if self.proc.poll() is None:
             self.proc.wait(timeout=10)
         self.session.close()
+
+
+Pair = tuple[ServiceProcess, ServiceProcess]  # an A and a B wired to it
 
 
 def service_env(

@@ -205,7 +205,7 @@ def percentile(values: list[float], share: float) -> float:
 
 @dataclass
 class Summary:
-    """The figures each scenario prints (and the README quotes)."""
+    """The figures each scenario prints (and docs/resilience.md quotes)."""
 
     name: str
     results: list[Result]

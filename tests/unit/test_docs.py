@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from echokit.settings import configuration_page
+from tests.support.harness import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 # [text](target) and ![alt](target); the target ends at whitespace or ')'.

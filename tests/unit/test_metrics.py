@@ -156,7 +156,9 @@ def test_each_failure_of_a_is_counted_by_its_outcome(make_b, serve, slow_service
         assert metrics.value("upstream_requests_total") == 1, outcome
 
     shed_app = make_b(refused_url, {"UPSTREAM_MAX_IN_FLIGHT": "1"})
-    bulkhead = echokit_of(shed_app).client.bulkhead
+    client = echokit_of(shed_app).client
+    assert client is not None
+    bulkhead = client.bulkhead
     assert bulkhead.try_enter()  # the one allowed call is "in flight"
     try:
         assert shed_app.test_client().get("/call-echo?msg=x").status_code == 503

@@ -1,0 +1,1 @@
+"""Tests that start the real services as processes and talk HTTP to them."""
