@@ -12,13 +12,13 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
-# Pinned runtime requirements first (their layer is cached until the files change), without
-# `-e .` (the image gets a built wheel, not an editable install) and without `-r` includes
-# (flattened here). --build-arg REQUIREMENTS=requirements-otel.txt adds OpenTelemetry tracing.
-ARG REQUIREMENTS=requirements.txt
-COPY requirements.txt requirements-otel.txt ./
+# Pinned runtime requirements only (no test tools; their layer is cached until the files change),
+# without `-r` includes (flattened here); the image gets a built wheel, not an editable install.
+# --build-arg REQUIREMENTS=requirements-otel.txt adds OpenTelemetry tracing.
+ARG REQUIREMENTS=requirements-runtime.txt
+COPY requirements-runtime.txt requirements-otel.txt ./
 RUN python -m venv /opt/venv \
-    && grep -hv -e '^-e' -e '^-r' requirements.txt "$REQUIREMENTS" | sort -u > /tmp/requirements-image.txt \
+    && grep -hv -e '^-e' -e '^-r' requirements-runtime.txt "$REQUIREMENTS" | sort -u > /tmp/requirements-image.txt \
     && /opt/venv/bin/pip install -r /tmp/requirements-image.txt
 COPY pyproject.toml README.md LICENSE ./
 COPY src ./src

@@ -6,4 +6,9 @@ Service B's call to Service A and its resilience policies live in ``echokit.upst
 ``echokit.resilience``.
 """
 
-__version__ = "1.0.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("distributed-echo-system")  # written once, in pyproject.toml
+except PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"

@@ -542,6 +542,19 @@ def test_builder_installs_exactly_the_tested_pins(requirements, tmp_path):
     assert check.returncode == 0, check.stderr
 
 
+def test_image_installs_runtime_dependencies_only():
+    """The image's requirements hold no test runner, process manager or library no service module imports."""
+    lines = (REPO / builder_arg("REQUIREMENTS")).read_text().splitlines()
+    names = {line.split("==")[0].strip().lower() for line in lines if line and not line.startswith(("#", "-"))}
+    assert "gunicorn" in names and "flask" in names  # the check reads the right file
+    assert not names & {"pytest", "honcho", "requests", "hypothesis", "schemathesis", "mypy", "ruff"}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not any(dep.lower().startswith("requests") for dep in project["dependencies"])
+    sources = [*(REPO / "src").rglob("*.py"), *(REPO / "service_a").glob("*.py"), *(REPO / "service_b").glob("*.py")]
+    importing = [p for p in sources if re.search(r"^\s*(import|from) requests\b", p.read_text(), re.M)]
+    assert not importing, f"service code imports requests, so it must be a runtime dependency: {importing}"
+
+
 def test_builder_builds_the_project_wheel_from_the_build_context(tmp_path):
     """`pip wheel .` on exactly what .dockerignore lets through yields every module the command imports."""
     context = tmp_path / "context"
