@@ -32,13 +32,3 @@ def test_a_middleware_wrapped_app_is_refused_with_a_message(app_a: Flask) -> Non
 
     with pytest.raises(LookupError, match=r"wrap its app\.wsgi_app"):
         echokit_of(Wrapper(app_a))
-
-
-def test_ready_answers_200_from_the_start_and_503_once_draining(app_a: Flask) -> None:
-    """/ready is ready as soon as the app exists, and draining after begin_drain."""
-    client = app_a.test_client()
-    assert client.get("/ready").get_json() == {"status": "ready"}
-    echokit_of(app_a).lifecycle.begin_drain()
-    answer = client.get("/ready")
-    assert answer.status_code == 503
-    assert answer.get_json()["status"] == "draining"

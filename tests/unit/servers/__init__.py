@@ -1,0 +1,1 @@
+"""Unit tests of echokit.servers: configuration, hooks and patches, without starting a server process."""
