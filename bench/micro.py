@@ -122,10 +122,14 @@ def metrics_and_json_costs() -> dict[str, float]:
     from echokit.resilience.deadline import Deadline
     from echokit.resilience.retry import RetryBudget, RetryPolicy, run_with_retries
     from echokit.responses import json_response, to_json
+    from echokit.settings import service_b_settings
 
     metrics = Metrics(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    budget = RetryBudget(0.2, 3, 10.0, SYSTEM_CLOCK)
-    policy = RetryPolicy()
+    defaults = service_b_settings({}).upstream  # B's default policy, as declared in echokit.settings
+    budget = RetryBudget(
+        defaults.retry_budget_ratio, defaults.retry_budget_min_retries, defaults.retry_budget_window_s, SYSTEM_CLOCK
+    )
+    policy = RetryPolicy(defaults.retry_attempts, defaults.retry_backoff_initial_s, defaults.retry_backoff_max_s)
 
     def retried() -> object:
         return run_with_retries(

@@ -21,10 +21,10 @@ pytest.importorskip("hypothesis", reason=DEV_REQUIREMENTS)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from echokit.settings import MAX_REQUEST_LINE_BYTES
 from tests.support.harness import ServiceProcess, start_service
 
 MAX_MSG_BYTES = 4096  # the default of the MAX_MSG_BYTES setting
-GUNICORN_REQUEST_LINE = 8190  # limit_request_line in gunicorn.conf.py
 DEV_REQUEST_LINE = 65536  # http.server's request-line limit (the development server)
 EXAMPLES = 150
 # Real HTTP round trips are slower than hypothesis expects, and long texts are the point.
@@ -75,13 +75,13 @@ def check_answer(response: requests.Response, msg: str, path: str, line_limit: i
         assert response.json() == {"error": f"'msg' parameter too long: {size} bytes, the limit is {MAX_MSG_BYTES}"}
     elif (
         path == "/call-echo"
-        and request_line_length("/echo", msg) > GUNICORN_REQUEST_LINE
+        and request_line_length("/echo", msg) > MAX_REQUEST_LINE_BYTES
         and response.status_code == 414
     ):
         # B refuses what it could not send to a production A. Fully percent-encoded is the longest
         # B's own encoding can be, so only messages past that bound may be refused this way.
         assert response.json()["error"] == "'msg' parameter too long"
-        assert f"the limit is {GUNICORN_REQUEST_LINE}" in response.json()["details"]
+        assert f"the limit is {MAX_REQUEST_LINE_BYTES}" in response.json()["details"]
     else:
         assert response.status_code == 200, (size, response.text[:300])
         assert response.headers["Content-Type"] == "application/json"
@@ -89,7 +89,7 @@ def check_answer(response: requests.Response, msg: str, path: str, line_limit: i
 
 
 def line_limit(mode: str) -> int:
-    return GUNICORN_REQUEST_LINE if mode == "gunicorn" else DEV_REQUEST_LINE
+    return MAX_REQUEST_LINE_BYTES if mode == "gunicorn" else DEV_REQUEST_LINE
 
 
 def assert_one_record_per_line(service: ServiceProcess) -> None:

@@ -44,11 +44,13 @@ class CircuitOpenError(Exception):
 
 @dataclass(frozen=True)
 class BreakerConfig:
-    failure_threshold: int = 5
-    failure_rate: float = 0.5
-    min_calls: int = 20
-    window_s: float = 10.0
-    reset_s: float = 3.0
+    """When to open and how long to stay open; the defaults are declared once, as BREAKER_* in echokit.settings."""
+
+    failure_threshold: int
+    failure_rate: float
+    min_calls: int
+    window_s: float
+    reset_s: float
 
 
 class CircuitBreaker:

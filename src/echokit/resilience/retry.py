@@ -67,9 +67,11 @@ class _StopWhen(tenacity.stop.stop_base):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 3
-    backoff_initial_s: float = 0.025
-    backoff_max_s: float = 0.25
+    """How many attempts and how long to back off; the defaults are declared once, as RETRY_* in echokit.settings."""
+
+    attempts: int
+    backoff_initial_s: float
+    backoff_max_s: float
 
 
 def run_with_retries(
