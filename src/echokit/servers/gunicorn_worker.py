@@ -13,7 +13,6 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
-from echokit.extension import echokit_of
 from echokit.lifecycle import Lifecycle
 
 # How long a keep-alive connection must stay idle after the worker stops accepting before it is closed.
@@ -81,6 +80,10 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
     def load_wsgi(self) -> None:
         """Load the app, and find its lifecycle now: an app without one fails the boot, loudly."""
         super().load_wsgi()
+        # Imported here, in the worker: the master imports this module too (to find the worker
+        # class) and should not pay for Flask and prometheus_client, which it never uses.
+        from echokit.extension import echokit_of
+
         self.lifecycle: Lifecycle = echokit_of(self.wsgi).lifecycle
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
