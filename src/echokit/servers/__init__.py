@@ -8,3 +8,6 @@
 - :mod:`echokit.servers.gunicorn_patches`: the two changes to gunicorn's internals, applied from
   the ``post_fork`` hook (never at import).
 """
+
+# What both servers put in the Server header: the project, not the framework or a version.
+SERVER_NAME = "distributed-echo-system"

@@ -21,6 +21,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from echokit.extension import echokit_of
 from echokit.logs import escape_control
+from echokit.servers import SERVER_NAME
 
 
 class QuietRequestHandler(WSGIRequestHandler):
@@ -58,7 +59,7 @@ class QuietRequestHandler(WSGIRequestHandler):
         return True
 
     def version_string(self) -> str:
-        return "distributed-echo-system"
+        return SERVER_NAME
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         short, _long = self.responses.get(code, ("Error", ""))

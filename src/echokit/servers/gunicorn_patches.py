@@ -17,9 +17,9 @@ from typing import Any
 from gunicorn import util
 from gunicorn.http import wsgi as gunicorn_wsgi
 
-__all__ = ["SERVER_NAME", "apply", "write_json_error"]
+from echokit.servers import SERVER_NAME
 
-SERVER_NAME = "distributed-echo-system"
+__all__ = ["apply", "write_json_error"]
 
 
 def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:

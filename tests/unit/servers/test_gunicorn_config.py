@@ -9,7 +9,7 @@ import pytest
 from gunicorn import util
 from gunicorn.http import wsgi as gunicorn_wsgi
 
-from echokit.servers import gunicorn_patches
+from echokit.servers import SERVER_NAME, gunicorn_patches
 from echokit.servers.gunicorn_config import gunicorn_config, service_from_argv
 from echokit.settings import MAX_REQUEST_LINE_BYTES
 
@@ -79,4 +79,4 @@ def test_the_post_fork_hook_applies_the_patches(tmp_path: Path, monkeypatch: pyt
     assert util.write_error is not gunicorn_patches.write_json_error
     hook(None, None)  # type: ignore[operator]
     assert util.write_error is gunicorn_patches.write_json_error
-    assert gunicorn_wsgi.SERVER == gunicorn_patches.SERVER_NAME
+    assert gunicorn_wsgi.SERVER == SERVER_NAME
