@@ -42,9 +42,19 @@ ENV_VARS: dict[str, EnvVar] = _declare(
     EnvVar(
         "SERVICE_A_URL",
         "http://127.0.0.1:${SERVICE_A_PORT}",
-        "Base URL B calls; the only address B ever sends requests to.",
+        "Base URL(s) B calls, comma-separated; every address a name resolves to is an endpoint. "
+        "The only addresses B ever sends requests to.",
         "B",
     ),
+    EnvVar("SERVICE_A_RESOLVE_SECONDS", "5", "Re-resolve SERVICE_A_URL's host names this often (0 = once).", "B"),
+    EnvVar("UPSTREAM_BALANCER", "p2c_ewma", "p2c_ewma (power of two choices, peak EWMA) or round_robin.", "B"),
+    EnvVar("UPSTREAM_HEDGE_DELAY_MS", "adaptive",
+           "Hedge a call unanswered after this long: adaptive (recent p95), milliseconds, or off.", "B"),
+    EnvVar("UPSTREAM_HEDGE_BUDGET_RATIO", "0.1", "Hedges allowed as a share of recent calls.", "B"),
+    EnvVar("OUTLIER_CONSECUTIVE_FAILURES", "5", "Consecutive failures that eject one endpoint of A.", "B"),
+    EnvVar("OUTLIER_BASE_EJECTION_SECONDS", "5", "First ejection time; each repeat adds as much.", "B"),
+    EnvVar("OUTLIER_MAX_EJECTION_SECONDS", "60", "Longest ejection time.", "B"),
+    EnvVar("OUTLIER_MAX_EJECTED_PERCENT", "50", "Most endpoints ejected at once (at least 1, never all).", "B"),
     EnvVar("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.", "A,B"),
     EnvVar("LOG_FORMAT", "text", "text (the document's format) or json (one object per line).", "A,B"),
     EnvVar("LOG_PROBES", "true", "Log /health, /ready and /metrics requests too.", "A,B"),
@@ -79,6 +89,7 @@ MAX_REQUEST_LINE_BYTES = 8190
 MAX_FAULT_DELAY_MS = 60_000  # the cap: no setting can make A sleep longer than this per request
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+BALANCERS = ("p2c_ewma", "round_robin")
 
 
 class _Reader:
@@ -164,7 +175,10 @@ class FaultSettings:
 
 @dataclass(frozen=True)
 class UpstreamSettings:
-    """How B calls A: address, deadline, bulkhead, retry policy and circuit breaker."""
+    """How B calls A: addresses, balancing, deadline, bulkhead, retries, breaker, ejection, hedging.
+
+    ``url`` is one base URL or several, comma-separated (``urls`` splits them).
+    """
 
     url: str
     timeout_s: float = 2.0
@@ -181,6 +195,19 @@ class UpstreamSettings:
     breaker_min_calls: int = 20
     breaker_window_s: float = 10.0
     breaker_reset_s: float = 3.0
+    resolve_interval_s: float = 5.0
+    balancer: str = "p2c_ewma"
+    hedge_delay_s: float | None = None  # None: adaptive (recent p95 of successful calls)
+    hedging: bool = True
+    hedge_budget_ratio: float = 0.1
+    outlier_consecutive_failures: int = 5
+    outlier_base_ejection_s: float = 5.0
+    outlier_max_ejection_s: float = 60.0
+    outlier_max_ejected_percent: int = 50
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(u for u in self.url.split(",") if u)
 
 
 @dataclass(frozen=True)
@@ -231,22 +258,41 @@ def service_a_settings(environ: Mapping[str, str] | None = None) -> ServiceASett
 
 
 def _upstream_url(read: _Reader) -> str:
+    """SERVICE_A_URL as one URL, or several joined by commas (duplicates dropped)."""
     text = read.raw("SERVICE_A_URL")
     if "${SERVICE_A_PORT}" in text:  # the default: A's own port setting, validated as such
         text = text.replace("${SERVICE_A_PORT}", str(read.integer("SERVICE_A_PORT", 1, 65535)))
-    parts = urlsplit(text)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if parts.scheme != "http" or not parts.hostname or port == -1 or parts.query or parts.fragment:
-        raise SettingsError(f"SERVICE_A_URL must be an http://host[:port] URL, got {text!r}")
-    return text.rstrip("/")
+    urls: dict[str, None] = {}
+    for item in text.split(","):
+        url = item.strip()
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if (parts.scheme != "http" or not parts.hostname or port == -1 or parts.query or parts.fragment
+                or "@" in parts.netloc):
+            raise SettingsError(
+                f"SERVICE_A_URL must be an http://host[:port] URL or a comma-separated list of them, got {url!r}"
+            )
+        urls.setdefault(url.rstrip("/"), None)
+    return ",".join(urls)
+
+
+def _hedge_delay(read: _Reader) -> tuple[bool, float | None]:
+    """(hedging on, fixed delay in seconds or None for adaptive) from UPSTREAM_HEDGE_DELAY_MS."""
+    text = read.raw("UPSTREAM_HEDGE_DELAY_MS").lower()
+    if text == "off":
+        return False, None
+    if text == "adaptive":
+        return True, None
+    return True, read.integer("UPSTREAM_HEDGE_DELAY_MS", 1, 600_000) / 1000
 
 
 def service_b_settings(environ: Mapping[str, str] | None = None) -> ServiceBSettings:
     """Service B's settings from ``environ`` (default: the process environment)."""
     read = _Reader(os.environ if environ is None else environ)
+    hedging, hedge_delay_s = _hedge_delay(read)
     upstream = UpstreamSettings(
         url=_upstream_url(read),
         timeout_s=read.number("UPSTREAM_TIMEOUT_SECONDS", 0.01, 600),
@@ -263,6 +309,15 @@ def service_b_settings(environ: Mapping[str, str] | None = None) -> ServiceBSett
         breaker_min_calls=read.integer("BREAKER_MIN_CALLS", 1, 1_000_000),
         breaker_window_s=read.number("BREAKER_WINDOW_SECONDS", 0.1, 3600),
         breaker_reset_s=read.number("BREAKER_RESET_SECONDS", 0.01, 3600),
+        resolve_interval_s=read.number("SERVICE_A_RESOLVE_SECONDS", 0, 3600),
+        balancer=read.choice("UPSTREAM_BALANCER", BALANCERS),
+        hedging=hedging,
+        hedge_delay_s=hedge_delay_s,
+        hedge_budget_ratio=read.number("UPSTREAM_HEDGE_BUDGET_RATIO", 0, 1),
+        outlier_consecutive_failures=read.integer("OUTLIER_CONSECUTIVE_FAILURES", 1, 1_000_000),
+        outlier_base_ejection_s=read.number("OUTLIER_BASE_EJECTION_SECONDS", 0.01, 3600),
+        outlier_max_ejection_s=read.number("OUTLIER_MAX_EJECTION_SECONDS", 0.01, 86400),
+        outlier_max_ejected_percent=read.integer("OUTLIER_MAX_EJECTED_PERCENT", 0, 100),
     )
     return ServiceBSettings(server=_server(read, "service_b"), upstream=upstream)
 
