@@ -383,9 +383,8 @@ class EchoClient:
                 redirect=False, preload_content=True, release_conn=True,
             )
         except (HTTPError, OSError) as exc:
-            if trace.abandoned:
-                self.endpoints.release(endpoint)
-                endpoint.latency.observe(perf_counter() - sent)  # it was at least this slow
+            if trace.abandoned:  # lost a hedge race: slower than another endpoint's whole answer
+                self.endpoints.record(endpoint, "abandoned", perf_counter() - sent, "losing a hedge race")
                 raise UpstreamError("connection_error", "abandoned: another attempt answered first") from None
             raise self._transport_error(endpoint, url, remaining, attempt, sent, exc, trace, call) from None
         finally:

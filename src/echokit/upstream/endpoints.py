@@ -22,8 +22,10 @@ from echokit.upstream.discovery import Address
 from echokit.upstream.outlier import EJECTED, OutlierConfig, OutlierTracker
 
 # Attempt outcomes per endpoint (the agreed metric labels) and those that count toward ejection.
+# "abandoned" (lost a hedge race) is not a metric label but counts toward ejection: an endpoint
+# that loses race after race (frozen, or far slower than the others) is an outlier too.
 ENDPOINT_OUTCOMES = ("success", "timeout", "connection_error", "bad_status", "bad_response")
-FAILURES = frozenset({"timeout", "connection_error", "bad_status"})
+FAILURES = frozenset({"timeout", "connection_error", "bad_status", "abandoned"})
 
 # The attempt running in this thread (greenlet, under gevent): the connection it uses and whether
 # its request was completely written, so a hedge can drop it and a retry can go at once.
@@ -247,11 +249,6 @@ class EndpointSet:
                 "upstream endpoint ejected: %s for %.1fs (ejection %d) after %s",
                 endpoint.key, ejected_for, endpoint.outlier.ejections, detail or outcome,
             )
-
-    def release(self, endpoint: Endpoint) -> None:
-        """An attempt that ended without a verdict on the endpoint (abandoned, or a local error)."""
-        with self._lock:
-            endpoint.in_flight -= 1
 
     # --- visibility ---------------------------------------------------------------------------
 
