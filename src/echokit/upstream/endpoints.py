@@ -22,8 +22,8 @@ from echokit.upstream.discovery import Address
 from echokit.upstream.outlier import EJECTED, OutlierConfig, OutlierTracker
 
 # Attempt outcomes per endpoint (the agreed metric labels) and those that count toward ejection.
-# "abandoned" (lost a hedge race) is not a metric label but counts toward ejection: an endpoint
-# that loses race after race (frozen, or far slower than the others) is an outlier too.
+# "abandoned" (lost a hedge race) is counted as a timeout and toward ejection: an endpoint that
+# loses race after race (frozen, or far slower than the others) is an outlier too.
 ENDPOINT_OUTCOMES = ("success", "timeout", "connection_error", "bad_status", "bad_response")
 FAILURES = frozenset({"timeout", "connection_error", "bad_status", "abandoned"})
 
@@ -218,7 +218,8 @@ class EndpointSet:
 
     def record(self, endpoint: Endpoint, outcome: str, rtt_s: float, detail: str = "") -> None:
         """Count one finished attempt on ``endpoint`` (``outcome`` one of ENDPOINT_OUTCOMES)."""
-        counter = endpoint.counters.get(outcome)
+        # A lost hedge race is counted as a timeout: the endpoint did not answer in the time it had.
+        counter = endpoint.counters.get("timeout" if outcome == "abandoned" else outcome)
         if counter is not None:
             counter.inc()
         ejected_for = None
