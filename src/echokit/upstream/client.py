@@ -206,7 +206,8 @@ class EchoClient:
 
     def _call(self, query: str, request_id: str | None) -> dict[str, str]:
         self.retry_budget.record_call()
-        self.hedge.record_call()
+        if self._hedging():
+            self.hedge.record_call()
         deadline = Deadline(self.settings.timeout_s, self.clock)
         call = _Call(query, deadline, request_id)
 
@@ -270,6 +271,10 @@ class EchoClient:
         call.tried.add(endpoint.key)
         return endpoint
 
+    def _hedging(self) -> bool:
+        """Hedging is on and there is a second endpoint to hedge to."""
+        return self.settings.hedging and len(self.endpoints) > 1
+
     def _resolve_due(self) -> bool:
         return self.clock.now() - self.discovery.last_refresh >= ON_DEMAND_RESOLVE_S
 
@@ -277,7 +282,7 @@ class EchoClient:
         if call.deadline.remaining() <= 0:
             raise UpstreamError("timeout", f"Timeout: no time left of the {self.settings.timeout_s:g}s budget")
         endpoint = self._pick(call)
-        if self.settings.hedging and len(self.endpoints) > 1:
+        if self._hedging():
             return self._send_hedged(endpoint, call, attempt)
         return self._send_one(endpoint, call, attempt)
 
@@ -416,7 +421,8 @@ class EchoClient:
                 status=502, error=BAD_RESPONSE,
             ))
         self.endpoints.record(endpoint, "success", elapsed)
-        self.hedge.observe_success(elapsed)
+        if self._hedging():
+            self.hedge.observe_success(elapsed)
         self.logger.info(
             "outbound GET %s timeout=%.2fs attempt=%d -> 200 success in %.2fms",
             url, remaining, attempt, elapsed * 1000,
@@ -486,7 +492,7 @@ class EchoClient:
             "balancer": self.settings.balancer,
             "endpoints": self.endpoints.snapshot(),
         }
-        if self.settings.hedging and len(self.endpoints) > 1:
+        if self._hedging():
             info["hedging"] = self.hedge.snapshot()
         return info
 

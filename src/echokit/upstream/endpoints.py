@@ -33,14 +33,20 @@ _current = threading.local()
 
 
 class AttemptTrace:
-    """What one attempt's connection did: set by :class:`TracedConnection`, read by the client."""
+    """What one attempt's connection did: set by :class:`TracedConnection`, read by the client.
 
-    __slots__ = ("abandoned", "conn", "sent")
+    :class:`TracedPool` calls ``finish()`` as the connection goes back to the pool, so ``abandon()``
+    can never shut down a connection that another call may take next.
+    """
+
+    __slots__ = ("_lock", "abandoned", "conn", "finished", "sent")
 
     def __init__(self) -> None:
         self.conn: HTTPConnection | None = None
         self.sent = False
         self.abandoned = False
+        self.finished = False
+        self._lock = threading.Lock()
 
     def __enter__(self) -> AttemptTrace:
         _current.trace = self
@@ -49,14 +55,24 @@ class AttemptTrace:
     def __exit__(self, *exc: object) -> None:
         _current.trace = None
 
+    def finish(self) -> bool:
+        """The answer is in: from now on ``abandon`` leaves the connection alone. True if the
+        attempt was abandoned meanwhile (its connection must then be closed, not reused)."""
+        with self._lock:
+            self.finished = True
+            return self.abandoned
+
     def abandon(self) -> None:
         """Drop this attempt's connection (it lost a hedge race): its thread's read fails at once."""
-        self.abandoned = True
-        conn = self.conn
-        sock = getattr(conn, "sock", None) if conn is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(2)  # SHUT_RDWR: wakes the blocked reader; urllib3 then discards the conn
+        with self._lock:
+            self.abandoned = True
+            if self.finished:
+                return
+            conn = self.conn
+            sock = getattr(conn, "sock", None) if conn is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(2)  # SHUT_RDWR: wakes the blocked reader; urllib3 then discards the conn
 
 
 class TracedConnection(HTTPConnection):
@@ -74,6 +90,20 @@ class TracedConnection(HTTPConnection):
             trace.sent = True
 
 
+class TracedPool(urllib3.HTTPConnectionPool):
+    """urllib3's pool, ending the running attempt's hold on a connection as it is put back (and
+    closing it instead if the attempt was abandoned meanwhile)."""
+
+    ConnectionCls = TracedConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        trace: AttemptTrace | None = getattr(_current, "trace", None)
+        ours = trace is not None and conn is not None and trace.conn is conn
+        if ours and trace is not None and trace.finish():
+            conn.close()  # lost a hedge race: dropped, never reused
+        super()._put_conn(conn)
+
+
 class Endpoint:
     """One address of A: its pool, in-flight count, latency estimate and outlier state."""
 
@@ -84,13 +114,12 @@ class Endpoint:
         self.path = address.target.path
         self.host_header = address.target.host_header
         self.url = f"http://{self.key}{self.path}"
-        self.pool = urllib3.HTTPConnectionPool(
+        self.pool = TracedPool(
             address.ip, address.port,
             maxsize=pool_size,
             block=False,  # never queue for a connection: the bulkhead already bounds concurrency
             retries=False,
         )
-        self.pool.ConnectionCls = TracedConnection
         self.latency = PeakEwma(clock, initial_rtt_s)
         self.outlier = OutlierTracker(outlier)
         self.in_flight = 0
