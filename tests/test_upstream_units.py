@@ -205,6 +205,20 @@ def test_consecutive_failures_eject_an_endpoint_until_its_time_is_up(caplog):
     assert value("upstream_endpoint_usable", {"endpoint": "10.0.0.1:80"}) == 1
 
 
+def test_a_returning_endpoint_takes_one_call_at_a_time_until_one_succeeds():
+    """Back from ejection, an endpoint gets no second call while its first is in flight; a success ends that."""
+    clock = ManualClock()
+    endpoints = endpoint_set(clock, consecutive_failures=1, base_ejection_s=5)
+    endpoints.update(addresses("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"))
+    fail(endpoints, "10.0.0.1:80", 1)
+    clock.advance(5.0)
+    picks = [endpoints.pick() for _ in range(300)]
+    returning = [e for e in picks if e.key == "10.0.0.1:80"]
+    assert len(returning) == 1
+    endpoints.record(returning[0], "success", 0.001)
+    assert sum(endpoints.pick().key == "10.0.0.1:80" for _ in range(300)) > 1
+
+
 def test_the_last_usable_endpoints_are_never_ejected():
     """With two endpoints both failing, only one is ejected: calls always have somewhere to go."""
     endpoints = endpoint_set(ManualClock(), consecutive_failures=1)

@@ -153,6 +153,7 @@ class EndpointSet:
         self._all: dict[str, Endpoint] = {}
         self._usable: list[Endpoint] = []
         self._next_restore = float("inf")
+        self._on_probation = False
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -197,6 +198,7 @@ class EndpointSet:
 
     def _rebuild(self) -> None:
         self._usable = [e for e in self._all.values() if e.state != EJECTED]
+        self._on_probation = any(e.outlier.probation for e in self._usable)
         pending = [e.outlier.ejected_until for e in self._all.values() if e.outlier.ejected_until is not None]
         self._next_restore = min(pending, default=float("inf"))
 
@@ -214,6 +216,8 @@ class EndpointSet:
         if self.clock.now() >= self._next_restore:
             self._restore_due()
         usable = self._usable
+        if self._on_probation:  # a returning endpoint takes one call at a time until one succeeds
+            usable = [e for e in usable if not (e.outlier.probation and e.in_flight)] or usable
         if exclude:
             others = [e for e in usable if e.key not in exclude]
             usable = others or usable
@@ -256,7 +260,10 @@ class EndpointSet:
             endpoint.in_flight -= 1
             if outcome == "success":
                 endpoint.latency.observe(rtt_s)
+                was_on_probation = endpoint.outlier.probation
                 endpoint.outlier.success()
+                if was_on_probation:
+                    self._rebuild()
                 return
             if outcome not in FAILURES:
                 return
