@@ -219,6 +219,21 @@ def test_a_returning_endpoint_takes_one_call_at_a_time_until_one_succeeds():
     assert sum(endpoints.pick().key == "10.0.0.1:80" for _ in range(300)) > 1
 
 
+def test_repeated_failures_raise_the_estimate_once_and_it_decays_back():
+    """Failures make an endpoint look slow (never fast), without compounding, and good answers bring it back."""
+    clock = ManualClock()
+    endpoints = endpoint_set(clock, consecutive_failures=1000)
+    endpoints.update(addresses("10.0.0.1:80", "10.0.0.2:80"))
+    endpoint = endpoints.endpoints[0]
+    fail(endpoints, endpoint.key, 50)
+    assert 0.09 <= endpoint.latency.value() <= 0.11
+    for _ in range(100):
+        clock.advance(0.1)
+        endpoint.in_flight += 1
+        endpoints.record(endpoint, "success", 0.002)
+    assert endpoint.latency.value() < 0.005
+
+
 def test_the_last_usable_endpoints_are_never_ejected():
     """With two endpoints both failing, only one is ejected: calls always have somewhere to go."""
     endpoints = endpoint_set(ManualClock(), consecutive_failures=1)

@@ -26,6 +26,7 @@ from echokit.upstream.outlier import EJECTED, OutlierConfig, OutlierTracker
 # loses race after race (frozen, or far slower than the others) is an outlier too.
 ENDPOINT_OUTCOMES = ("success", "timeout", "connection_error", "bad_status", "bad_response")
 FAILURES = frozenset({"timeout", "connection_error", "bad_status", "abandoned"})
+FAILURE_PENALTY_S = 0.1
 
 # The attempt running in this thread (greenlet, under gevent): the connection it uses and whether
 # its request was completely written, so a hedge can drop it and a retry can go at once.
@@ -267,9 +268,11 @@ class EndpointSet:
                 return
             if outcome not in FAILURES:
                 return
-            # A failure costs at least twice the current estimate: a fast failure (refused) must
-            # not make an endpoint look attractive.
-            endpoint.latency.observe(max(rtt_s, 2 * endpoint.latency.value()))
+            # A failure looks like an answer of at least FAILURE_PENALTY_S: a fast failure (refused,
+            # a quick 503) must not make an endpoint look attractive. Peak EWMA takes the maximum, so
+            # repeated failures do not compound; the estimate decays back once answers are good.
+            # A lost hedge race is just slow: the time it had is a lower bound on its latency.
+            endpoint.latency.observe(rtt_s if outcome == "abandoned" else max(rtt_s, FAILURE_PENALTY_S))
             if endpoint.key not in self._all or endpoint.state == EJECTED:
                 return
             if endpoint.outlier.failure():
