@@ -156,6 +156,34 @@ def test_all_replicas_down_is_a_json_503_within_the_deadline(replicas):
     assert get_once(b, "/health").status_code == 200
 
 
+def test_hedging_answers_around_a_frozen_replica_on_the_dev_server(services):
+    """B on Flask's threaded dev server, ejection off: calls that go to a frozen replica are hedged to
+    the other after the hedge delay and answered well within the deadline."""
+    a_list = [services("a", env=A_ENV, workers=1) for _ in range(2)]
+    b = services("b", mode="dev", env={
+        **B_ENV, "SERVICE_A_URL": ",".join(a.url for a in a_list), "UPSTREAM_BALANCER": "round_robin",
+        "UPSTREAM_HEDGE_DELAY_MS": "20", "UPSTREAM_HEDGE_BUDGET_RATIO": "1", "OUTLIER_CONSECUTIVE_FAILURES": "1000",
+    })
+    b.session.headers["Connection"] = "close"
+    for _ in range(4):
+        assert b.get("/call-echo?msg=warm").status_code == 200
+    a_list[0].pause()
+    try:
+        took = []
+        for i in range(10):
+            started = time.monotonic()
+            response = b.get(f"/call-echo?msg=h{i}")
+            took.append(time.monotonic() - started)
+            assert response.status_code == 200 and response.json()["echo_response"] == {"echo": f"h{i}"}
+    finally:
+        a_list[0].resume()
+    hedges = b.get("/metrics").text
+    print(f"\n== dev-server hedging: slowest of 10 calls {max(took) * 1000:.0f} ms")
+    assert max(took) < 1.0  # the 2 s deadline would be the answer time without a hedge
+    assert f'upstream_hedges_total{{endpoint="127.0.0.1:{a_list[1].port}"}} ' in hedges
+    assert "hedging call to Service A: no answer from" in b.log_text()
+
+
 # --- one name, several addresses (the hosts file) ---------------------------------------------------
 
 HOSTS = Path("/etc/hosts")

@@ -16,7 +16,7 @@ from echokit.resilience.retry import RetryBudget
 
 MIN_DELAY_S = 0.010  # the floor of the adaptive delay: below it, hedges would chase ordinary jitter
 COLD_DELAY_S = 0.050  # adaptive delay until enough successes were seen
-MIN_SAMPLES = 20
+MIN_SAMPLES = 100  # below this, the first few answers (a slow replica's among them) would set the p95
 SAMPLES = 256  # successful attempts the adaptive p95 is taken over
 BUDGET_WINDOW_S = 10.0
 
