@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -117,3 +118,17 @@ def test_a_hung_endpoint_is_hedged_and_the_loser_dropped(make_client, scripted_a
     assert hung_endpoint.in_flight == 0
     idle = [c for c in list(hung_endpoint.pool.pool.queue) if c is not None and c.sock is not None]
     assert idle == [], "the abandoned attempt's connection is not kept for reuse"
+
+
+def test_a_timeout_is_logged_as_timeout_with_the_endpoint_url(make_client, scripted_a, caplog):
+    """A read timeout keeps the document's outbound line: the endpoint's URL and 'failed timeout'."""
+    fake, server = scripted_a()
+    fake.hang()
+    client = make_client([server.url], timeout_s=0.2, retry_attempts=1)
+    with caplog.at_level(logging.WARNING, logger="service_b"), pytest.raises(UpstreamError):
+        client.echo("x")
+    fake.release()
+    assert any(
+        r.getMessage().startswith(f"outbound GET {server.url}/echo timeout=0.20s attempt=1 -> failed timeout after")
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]

@@ -444,7 +444,9 @@ class EchoClient:
             )
         else:  # ProtocolError and other transport errors: reset, closed, aborted
             error = self._connection_error(exc, immediate=not trace.sent, call=call)
-        return self._failed(endpoint, url, remaining, attempt, sent, error, exc)
+        # The log line names a timeout as "timeout" and a connection error by its exception type.
+        cause = None if error.outcome == "timeout" else exc
+        return self._failed(endpoint, url, remaining, attempt, sent, error, cause)
 
     def _connection_error(self, exc: BaseException, *, immediate: bool, call: _Call) -> UpstreamError:
         # Nothing reached A: another endpoint can be asked at once, without backoff.
