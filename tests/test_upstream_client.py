@@ -132,3 +132,32 @@ def test_a_timeout_is_logged_as_timeout_with_the_endpoint_url(make_client, scrip
         r.getMessage().startswith(f"outbound GET {server.url}/echo timeout=0.20s attempt=1 -> failed timeout after")
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
+
+
+def test_resolve_seconds_zero_resolves_once_and_a_name_that_never_resolved_fails_cleanly(scripted_a):
+    """SERVICE_A_RESOLVE_SECONDS=0: one resolution at start, no resolver thread; with no address known a
+    call is a retryable 503 connection error, and the name is tried again on demand."""
+    _, server = scripted_a()
+    answers: list[list[str] | OSError] = [OSError("Name or service not known"), ["127.0.0.1"]]
+    calls: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        answer = answers[min(len(calls) - 1, len(answers) - 1)]
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    clock = ManualClock()
+    settings = UpstreamSettings(url=f"http://a.internal:{server.port}", resolve_interval_s=0, retry_attempts=1)
+    client = EchoClient(settings, clock=clock, resolver=resolver)
+    try:
+        assert calls == ["a.internal"] and client._refresher is None
+        with pytest.raises(UpstreamError) as caught:
+            client.echo("x")  # the first resolution failed moments ago: not retried yet
+        assert caught.value.status == 503 and "no address known for a.internal" in caught.value.details
+        clock.advance(1.0)
+        assert client.echo("x") == {"echo": "x"}  # resolved on demand, once a second at most
+        assert calls == ["a.internal", "a.internal"]
+    finally:
+        client.close()
