@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from test_resilience import assert_accounted, echo_requests, get_once
 
 A_ENV = {"LOG_PROBES": "false"}
 B_ENV = {"LOG_PROBES": "false"}
-LOAD = {"clients": 12, "rate_per_client": 20.0}  # 12 concurrent clients, at most 240 calls/s in all
+LOAD: dict[str, Any] = {"clients": 12, "rate_per_client": 20.0}  # 12 concurrent clients, <= 240 calls/s
 _OUTBOUND_OK = re.compile(r"outbound GET http://([^/]+)/echo .* -> 200 success")
 
 

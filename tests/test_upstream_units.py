@@ -14,7 +14,7 @@ from echokit.resilience.clock import ManualClock
 from echokit.settings import SettingsError, service_b_settings
 from echokit.upstream.balancer import P2CEwma, PeakEwma, RoundRobin
 from echokit.upstream.discovery import Address, Discovery, parse_targets
-from echokit.upstream.endpoints import EndpointSet
+from echokit.upstream.endpoints import Endpoint, EndpointSet
 from echokit.upstream.hedging import COLD_DELAY_S, MIN_DELAY_S, HedgePolicy
 from echokit.upstream.outlier import OutlierConfig, OutlierTracker
 
@@ -176,6 +176,12 @@ def test_never_ejects_more_than_allowed_and_never_all():
 # --- the endpoint set -----------------------------------------------------------------------------
 
 
+def pick(endpoints: EndpointSet, exclude: set[str] | None = None) -> Endpoint:
+    endpoint = endpoints.pick(exclude or set())
+    assert endpoint is not None
+    return endpoint
+
+
 def fail(endpoints: EndpointSet, key: str, times: int) -> None:
     for _ in range(times):
         endpoint = next(e for e in endpoints.endpoints if e.key == key)
@@ -197,10 +203,10 @@ def test_consecutive_failures_eject_an_endpoint_until_its_time_is_up(caplog):
     assert any("upstream endpoint ejected: 10.0.0.1:80 for 5.0s" in r.getMessage() for r in caplog.records)
     assert value("upstream_endpoint_ejections_total", {"endpoint": "10.0.0.1:80"}) == 1
     assert value("upstream_endpoint_usable", {"endpoint": "10.0.0.1:80"}) == 0
-    picked = Counter(endpoints.pick().key for _ in range(200))
+    picked = Counter(pick(endpoints).key for _ in range(200))
     assert "10.0.0.1:80" not in picked
     clock.advance(5.0)
-    picked = Counter(endpoints.pick().key for _ in range(300))
+    picked = Counter(pick(endpoints).key for _ in range(300))
     assert picked["10.0.0.1:80"] > 0
     assert value("upstream_endpoint_usable", {"endpoint": "10.0.0.1:80"}) == 1
 
@@ -212,11 +218,11 @@ def test_a_returning_endpoint_takes_one_call_at_a_time_until_one_succeeds():
     endpoints.update(addresses("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"))
     fail(endpoints, "10.0.0.1:80", 1)
     clock.advance(5.0)
-    picks = [endpoints.pick() for _ in range(300)]
+    picks = [pick(endpoints) for _ in range(300)]
     returning = [e for e in picks if e.key == "10.0.0.1:80"]
     assert len(returning) == 1
     endpoints.record(returning[0], "success", 0.001)
-    assert sum(endpoints.pick().key == "10.0.0.1:80" for _ in range(300)) > 1
+    assert sum(pick(endpoints).key == "10.0.0.1:80" for _ in range(300)) > 1
 
 
 def test_repeated_failures_raise_the_estimate_once_and_it_decays_back():
@@ -248,7 +254,7 @@ def test_a_retry_avoids_the_endpoints_already_tried():
     endpoints = endpoint_set(ManualClock())
     endpoints.update(addresses("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"))
     for _ in range(100):
-        assert endpoints.pick({"10.0.0.1:80", "10.0.0.2:80"}).key == "10.0.0.3:80"
+        assert pick(endpoints, {"10.0.0.1:80", "10.0.0.2:80"}).key == "10.0.0.3:80"
     assert endpoints.pick({e.key for e in endpoints.endpoints}) is not None  # all tried: any will do
 
 
