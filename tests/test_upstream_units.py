@@ -240,6 +240,18 @@ def test_repeated_failures_raise_the_estimate_once_and_it_decays_back():
     assert endpoint.latency.value() < 0.005
 
 
+def test_a_lost_hedge_race_never_makes_an_endpoint_look_faster():
+    """An abandoned attempt after 50 ms leaves a 300 ms estimate alone; a longer one raises it."""
+    endpoints = endpoint_set(ManualClock(), consecutive_failures=1000)
+    endpoints.update(addresses("10.0.0.1:80", "10.0.0.2:80"))
+    endpoint = endpoints.endpoints[0]
+    endpoint.latency.reset(0.300)
+    for rtt, expected in ((0.050, 0.300), (0.400, 0.400)):
+        endpoint.in_flight += 1
+        endpoints.record(endpoint, "abandoned", rtt)
+        assert endpoint.latency.value() == pytest.approx(expected)
+
+
 def test_the_last_usable_endpoints_are_never_ejected():
     """With two endpoints both failing, only one is ejected: calls always have somewhere to go."""
     endpoints = endpoint_set(ManualClock(), consecutive_failures=1)

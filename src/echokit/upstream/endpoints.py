@@ -133,6 +133,20 @@ class Endpoint:
         return self.outlier.state
 
 
+def _observe_failure(endpoint: Endpoint, outcome: str, rtt_s: float) -> None:
+    """What a failed attempt tells the latency estimate."""
+    if outcome == "abandoned":
+        # A lost hedge race only says "slower than this": it may raise the estimate, never lower it
+        # (a 300 ms replica abandoned at 50 ms must not start to look like a 50 ms one).
+        if rtt_s > endpoint.latency.value():
+            endpoint.latency.observe(rtt_s)
+        return
+    # Any other failure looks like an answer of at least FAILURE_PENALTY_S: a fast failure (refused,
+    # a quick 503) must not make an endpoint look attractive. Peak EWMA takes the maximum, so
+    # repeated failures do not compound; the estimate decays back once answers are good.
+    endpoint.latency.observe(max(rtt_s, FAILURE_PENALTY_S))
+
+
 class EndpointSet:
     """Thread-safe set of endpoints with balancing, outlier ejection, metrics and logs."""
 
@@ -251,7 +265,8 @@ class EndpointSet:
     # --- results ------------------------------------------------------------------------------
 
     def record(self, endpoint: Endpoint, outcome: str, rtt_s: float, detail: str = "") -> None:
-        """Count one finished attempt on ``endpoint`` (``outcome`` one of ENDPOINT_OUTCOMES)."""
+        """Count one finished attempt on ``endpoint`` (``outcome`` one of ENDPOINT_OUTCOMES, or
+        "abandoned" for a lost hedge race)."""
         # A lost hedge race is counted as a timeout: the endpoint did not answer in the time it had.
         counter = endpoint.counters.get("timeout" if outcome == "abandoned" else outcome)
         if counter is not None:
@@ -268,27 +283,31 @@ class EndpointSet:
                 return
             if outcome not in FAILURES:
                 return
-            # A failure looks like an answer of at least FAILURE_PENALTY_S: a fast failure (refused,
-            # a quick 503) must not make an endpoint look attractive. Peak EWMA takes the maximum, so
-            # repeated failures do not compound; the estimate decays back once answers are good.
-            # A lost hedge race is just slow: the time it had is a lower bound on its latency.
-            endpoint.latency.observe(rtt_s if outcome == "abandoned" else max(rtt_s, FAILURE_PENALTY_S))
-            if endpoint.key not in self._all or endpoint.state == EJECTED:
-                return
-            if endpoint.outlier.failure():
-                ejected = sum(1 for e in self._all.values() if e.state == EJECTED)
-                if ejected < self.outlier.max_ejected(len(self._all)):
-                    ejected_for = endpoint.outlier.eject(self.clock.now())
-                    self._rebuild()
+            _observe_failure(endpoint, outcome, rtt_s)
+            ejected_for = self._eject_if_due(endpoint)
         if ejected_for is not None:
-            if self.metrics is not None:
-                self.metrics.endpoint_ejections.labels(endpoint.key).inc()
-            if endpoint.usable_gauge is not None:
-                endpoint.usable_gauge.set(0)
-            self.logger.warning(
-                "upstream endpoint ejected: %s for %.1fs (ejection %d) after %s",
-                endpoint.key, ejected_for, endpoint.outlier.ejections, detail or outcome,
-            )
+            self._ejected(endpoint, ejected_for, detail or outcome)
+
+    def _eject_if_due(self, endpoint: Endpoint) -> float | None:
+        """Count a failure (the caller holds the lock); the ejection time if it ejects the endpoint."""
+        if endpoint.key not in self._all or endpoint.state == EJECTED or not endpoint.outlier.failure():
+            return None
+        ejected = sum(1 for e in self._all.values() if e.state == EJECTED)
+        if ejected >= self.outlier.max_ejected(len(self._all)):
+            return None  # never so many that calls have nowhere to go
+        seconds = endpoint.outlier.eject(self.clock.now())
+        self._rebuild()
+        return seconds
+
+    def _ejected(self, endpoint: Endpoint, seconds: float, cause: str) -> None:
+        if self.metrics is not None:
+            self.metrics.endpoint_ejections.labels(endpoint.key).inc()
+        if endpoint.usable_gauge is not None:
+            endpoint.usable_gauge.set(0)
+        self.logger.warning(
+            "upstream endpoint ejected: %s for %.1fs (ejection %d) after %s",
+            endpoint.key, seconds, endpoint.outlier.ejections, cause,
+        )
 
     # --- visibility ---------------------------------------------------------------------------
 
