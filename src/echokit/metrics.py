@@ -59,6 +59,22 @@ class UpstreamMetrics:
             "circuit_breaker_transitions", "Circuit breaker state changes, by the state entered.",
             ("state",), registry=reg,
         )
+        # Per endpoint of A (endpoint="host:port"); each endpoint's series start at 0 when it is added.
+        self.endpoint_requests = Counter(
+            "upstream_endpoint_requests", "Attempts from B to one endpoint of A, by outcome.",
+            ("endpoint", "outcome"), registry=reg,
+        )
+        self.endpoint_ejections = Counter(
+            "upstream_endpoint_ejections", "Times an endpoint of A was ejected as an outlier.",
+            ("endpoint",), registry=reg,
+        )
+        self.hedges = Counter(
+            "upstream_hedges", "Hedged attempts sent to an endpoint of A.", ("endpoint",), registry=reg,
+        )
+        self.endpoint_usable = Gauge(
+            "upstream_endpoint_usable", "1 while an endpoint of A takes calls, 0 while it is ejected.",
+            ("endpoint",), registry=reg, multiprocess_mode="livemin",
+        )
 
 
 class Metrics:

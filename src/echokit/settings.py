@@ -67,6 +67,7 @@ def _number(name: str, default: str, help: str, services: str, low: float, high:
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+BALANCERS = ("p2c_ewma", "round_robin")
 TRACE_EXPORTERS = ("console", "otlp")
 OTLP_PROTOCOLS = ("http/protobuf",)  # the only OTLP exporter requirements-otel.txt installs
 MAX_FAULT_DELAY_MS = 60_000  # the cap: no setting can make A sleep longer than this per request
@@ -82,9 +83,24 @@ ENV_VARS: dict[str, EnvVar] = _declare(
     EnvVar(
         "SERVICE_A_URL",
         "http://127.0.0.1:${SERVICE_A_PORT}",
-        "Base URL B calls (http://host[:port]); the only address B ever sends requests to.",
+        "Base URL(s) B calls (http://host[:port]), comma-separated; every address a name resolves to is an "
+        "endpoint. The only addresses B ever sends requests to.",
         "B",
     ),
+    _number("SERVICE_A_RESOLVE_SECONDS", "5", "Re-resolve SERVICE_A_URL's host names this often (0 = once).", "B",
+            0, 3600, "s"),
+    EnvVar("UPSTREAM_BALANCER", "p2c_ewma", "p2c_ewma (power of two choices, peak EWMA) or round_robin.", "B",
+           "choice", choices=BALANCERS),
+    EnvVar("UPSTREAM_HEDGE_DELAY_MS", "adaptive",
+           "Hedge a call unanswered after this long: adaptive (recent p95), 1..600000 ms, or off.", "B"),
+    _number("UPSTREAM_HEDGE_BUDGET_RATIO", "0.1", "Hedges allowed as a share of recent calls.", "B", 0, 1),
+    _int("OUTLIER_CONSECUTIVE_FAILURES", "5", "Consecutive failures that eject one endpoint of A.", "B",
+         1, 1_000_000),
+    _number("OUTLIER_BASE_EJECTION_SECONDS", "5", "First ejection time; each repeat adds as much.", "B",
+            0.01, 3600, "s"),
+    _number("OUTLIER_MAX_EJECTION_SECONDS", "60", "Longest ejection time.", "B", 0.01, 86400, "s"),
+    _int("OUTLIER_MAX_EJECTED_PERCENT", "50", "Most endpoints ejected at once (at least 1, never all).", "B",
+         0, 100, "%"),
     EnvVar("LOG_LEVEL", "INFO", "Lowest level logged.", "A,B", "choice", choices=LOG_LEVELS),
     EnvVar("LOG_FORMAT", "text", "text (the document's format) or json (one object per line).", "A,B", "choice",
            choices=LOG_FORMATS),
@@ -300,7 +316,9 @@ class FaultSettings:
 
 @dataclass(frozen=True)
 class UpstreamSettings:
-    """How B calls A: address, deadline, bulkhead, retry policy and circuit breaker.
+    """How B calls A: addresses, balancing, deadline, bulkhead, retries, breaker, ejection, hedging.
+
+    ``url`` is one base URL or several, comma-separated (``urls`` splits them).
 
     No defaults here: they are declared once, in ``ENV_VARS``; ``service_b_settings({...}).upstream``
     gives the default settings with a few changed.
@@ -321,6 +339,19 @@ class UpstreamSettings:
     breaker_min_calls: int
     breaker_window_s: float
     breaker_reset_s: float
+    resolve_interval_s: float
+    balancer: str
+    hedging: bool
+    hedge_delay_s: float | None  # None: adaptive (recent p95 of successful calls)
+    hedge_budget_ratio: float
+    outlier_consecutive_failures: int
+    outlier_base_ejection_s: float
+    outlier_max_ejection_s: float
+    outlier_max_ejected_percent: int
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(u for u in self.url.split(",") if u)
 
 
 @dataclass(frozen=True)
@@ -373,6 +404,13 @@ _UPSTREAM_FIELDS = {
     "breaker_min_calls": "BREAKER_MIN_CALLS",
     "breaker_window_s": "BREAKER_WINDOW_SECONDS",
     "breaker_reset_s": "BREAKER_RESET_SECONDS",
+    "resolve_interval_s": "SERVICE_A_RESOLVE_SECONDS",
+    "balancer": "UPSTREAM_BALANCER",
+    "hedge_budget_ratio": "UPSTREAM_HEDGE_BUDGET_RATIO",
+    "outlier_consecutive_failures": "OUTLIER_CONSECUTIVE_FAILURES",
+    "outlier_base_ejection_s": "OUTLIER_BASE_EJECTION_SECONDS",
+    "outlier_max_ejection_s": "OUTLIER_MAX_EJECTION_SECONDS",
+    "outlier_max_ejected_percent": "OUTLIER_MAX_EJECTED_PERCENT",
 }
 _WORKER_FIELDS = {"workers": "WEB_CONCURRENCY", "worker_connections": "WORKER_CONNECTIONS"}
 
@@ -410,23 +448,44 @@ def service_a_settings(environ: Mapping[str, str] | None = None) -> ServiceASett
 
 
 def _upstream_url(read: _Reader) -> str:
+    """SERVICE_A_URL as one URL, or several joined by commas (duplicates dropped)."""
     text = read.raw("SERVICE_A_URL")
     if "${SERVICE_A_PORT}" in text:  # the default: A's own port setting, validated as such
         text = text.replace("${SERVICE_A_PORT}", str(read.integer("SERVICE_A_PORT")))
-    parts = urlsplit(text)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if parts.scheme != "http" or not parts.hostname or port == -1 or parts.query or parts.fragment:
-        raise SettingsError(f"SERVICE_A_URL must be an http://host[:port] URL, got {text!r}")
-    return text.rstrip("/")
+    urls: dict[str, None] = {}
+    for item in text.split(","):
+        url = item.strip()
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if (parts.scheme != "http" or not parts.hostname or port == -1 or parts.query or parts.fragment
+                or "@" in parts.netloc):
+            raise SettingsError(
+                f"SERVICE_A_URL must be an http://host[:port] URL or a comma-separated list of them, got {url!r}"
+            )
+        urls.setdefault(url.rstrip("/"), None)
+    return ",".join(urls)
+
+
+def _hedge_delay(read: _Reader) -> tuple[bool, float | None]:
+    """(hedging on, fixed delay in seconds or None for adaptive) from UPSTREAM_HEDGE_DELAY_MS."""
+    text = read.raw("UPSTREAM_HEDGE_DELAY_MS").lower()
+    if text == "off":
+        return False, None
+    if text == "adaptive":
+        return True, None
+    return True, read.integer("UPSTREAM_HEDGE_DELAY_MS", 1, 600_000) / 1000
 
 
 def service_b_settings(environ: Mapping[str, str] | None = None) -> ServiceBSettings:
     """Service B's settings from ``environ`` (default: the process environment)."""
     read = _reader(environ)
-    upstream = UpstreamSettings(url=_upstream_url(read), **read.fields(_UPSTREAM_FIELDS))
+    hedging, hedge_delay_s = _hedge_delay(read)
+    upstream = UpstreamSettings(
+        url=_upstream_url(read), hedging=hedging, hedge_delay_s=hedge_delay_s, **read.fields(_UPSTREAM_FIELDS)
+    )
     return ServiceBSettings(server=_server(read, "service_b"), upstream=upstream)
 
 

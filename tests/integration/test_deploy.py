@@ -381,6 +381,17 @@ def test_b_finds_a_by_service_name(k8s):
     assert (url.hostname, url.port) == (a_service["metadata"]["name"], a_service["spec"]["ports"][0]["port"])
 
 
+def test_b_sees_a_s_pods_through_a_headless_service(k8s):
+    """A's Service is headless (DNS gives the pod addresses) and B re-resolves it, so B balances over pods."""
+    a_service = k8s_service_for(k8s, k8s_deployment(k8s, "service_a"))
+    assert a_service["spec"].get("clusterIP") == "None"
+    upstream = service_b_settings(effective_env(container_env(k8s_deployment(k8s, "service_b")))).upstream
+    assert upstream.resolve_interval_s > 0
+    assert [urlsplit(u).hostname for u in upstream.urls] == [a_service["metadata"]["name"]]
+    compose = service_b_settings(effective_env(compose_service("service_b")["environment"])).upstream
+    assert compose.resolve_interval_s > 0 and [urlsplit(u).hostname for u in compose.urls] == ["service-a"]
+
+
 def test_every_env_var_set_is_one_the_services_read(k8s, monkeypatch, tmp_path):
     """No file sets a variable nothing reads (a typo would be silently ignored), and all values load."""
     assert_names_are_read(image_env(), "Dockerfile", monkeypatch, tmp_path)

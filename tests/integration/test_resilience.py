@@ -14,8 +14,7 @@ import signal
 import statistics
 from typing import Any
 
-import requests
-
+from tests.support.checks import assert_accounted, echo_requests, get_once
 from tests.support.harness import ServiceProcess, wait_until
 from tests.support.loadgen import (
     HealthSampler,
@@ -38,29 +37,11 @@ A_ENV = {"LOG_PROBES": "false"}
 
 _TRANSITION = re.compile(r"circuit breaker (\w+) -> (\w+)")
 _CALL_ACCESS = re.compile(r" GET /call-echo 503 ([\d.]+)ms")
-_ECHO_ACCESS = re.compile(r" GET /echo (\d{3}) ([\d.]+)ms")
-
-
-def get_once(service: ServiceProcess, path: str) -> requests.Response:
-    """One GET on a connection closed afterwards (an idle keep-alive would slow the service's shutdown)."""
-    return requests.get(service.url + path, timeout=5, headers={"Connection": "close"})
 
 
 def transitions(b: ServiceProcess) -> list[str]:
     """B's logged breaker transitions, e.g. ``["closed->open", "open->half_open", ...]``."""
     return [f"{m.group(1)}->{m.group(2)}" for line in b.log_lines() if (m := _TRANSITION.search(line))]
-
-
-def echo_requests(a: ServiceProcess) -> list[tuple[int, float]]:
-    """(status, latency ms) of every ``/echo`` A logged."""
-    return [(int(m.group(1)), float(m.group(2))) for line in a.log_lines() if (m := _ECHO_ACCESS.search(line))]
-
-
-def assert_accounted(results: list[Result]) -> None:
-    """Every answer is a correct 200 or a 503 JSON error: no reset, no 500, no malformed body."""
-    assert results, "the load generator sent nothing"
-    broken = [r for r in results if r.status not in (200, 503) or not r.valid]
-    assert not broken, f"{len(broken)} bad answers, first: {broken[:3]}"
 
 
 def first_200_after(results: list[Result], t: float) -> float | None:

@@ -71,10 +71,11 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     session: requests.Session = field(default_factory=requests.Session)
+    host: str = "127.0.0.1"  # another loopback address (127.0.0.2-4) for replicas sharing a port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -183,6 +184,7 @@ def start_service(
     env: Mapping[str, str] | None = None,
     workers: int | None = None,
     wait: bool = True,
+    host: str = "127.0.0.1",
 ) -> ServiceProcess:
     """Start Service ``name`` ("a" or "b") in ``mode`` ("dev", "gunicorn" or "literal") and wait for /health.
 
@@ -192,6 +194,8 @@ def start_service(
     full_env = service_env(name, port, a_port, env)
     if workers is not None:
         full_env["WEB_CONCURRENCY"] = str(workers)
+    if host != "127.0.0.1":
+        full_env[f"SERVICE_{name.upper()}_HOST"] = host
     if mode == "dev":
         command = [PYTHON, f"service_{name}/app.py"]
     elif mode == "gunicorn":
@@ -205,7 +209,7 @@ def start_service(
         proc = subprocess.Popen(
             command, cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
-    service = ServiceProcess(name, mode, port, proc, log_path)
+    service = ServiceProcess(name, mode, port, proc, log_path, host=host)
     if wait:
         try:
             service.wait_healthy()

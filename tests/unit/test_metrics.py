@@ -27,6 +27,10 @@ B_FAMILIES = {
     "upstream_retries_denied": "counter",
     "circuit_breaker_state": "gauge",
     "circuit_breaker_transitions": "counter",
+    "upstream_endpoint_requests": "counter",
+    "upstream_endpoint_ejections": "counter",
+    "upstream_hedges": "counter",
+    "upstream_endpoint_usable": "gauge",
 }
 
 

@@ -39,7 +39,8 @@ def test_service_b_defaults_are_the_documents_values() -> None:
     assert settings.upstream.url == "http://127.0.0.1:8080"
     assert settings.upstream.timeout_s == 2.0
     assert settings.upstream == UpstreamSettings(
-        "http://127.0.0.1:8080", 2.0, 0.5, 256, 3, 0.025, 0.25, 0.2, 3, 10.0, 5, 0.5, 20, 10.0, 3.0
+        "http://127.0.0.1:8080", 2.0, 0.5, 256, 3, 0.025, 0.25, 0.2, 3, 10.0, 5, 0.5, 20, 10.0, 3.0,
+        5.0, "p2c_ewma", True, None, 0.1, 5, 5.0, 60.0, 50,
     )
 
 

@@ -84,16 +84,22 @@ def run_with_retries(
     rng: random.Random | None = None,
     on_retry: Callable[[int, BaseException, float], None] | None = None,
     on_denied: Callable[[BaseException], None] | None = None,
+    no_backoff: Callable[[BaseException], bool] | None = None,
 ) -> T:
     """Call ``attempt(n)`` (n = 1, 2, ...) until it returns, retrying only what is safe to retry.
 
     Stops at ``policy.attempts``, when the next backoff would leave no time before ``deadline``,
-    or when ``budget`` has no retry left; the last error is raised as it was.
+    or when ``budget`` has no retry left; the last error is raised as it was. An error for which
+    ``no_backoff`` is true is retried at once (e.g. refused by one endpoint, retried on another).
     """
     clock = deadline.clock
     draw = (rng or random).uniform
 
     def full_jitter(state: tenacity.RetryCallState) -> float:
+        if no_backoff is not None and state.outcome is not None:
+            error = state.outcome.exception()
+            if error is not None and no_backoff(error):
+                return 0.0
         ceiling = min(policy.backoff_max_s, policy.backoff_initial_s * 2 ** (state.attempt_number - 1))
         return draw(0.0, ceiling)
 

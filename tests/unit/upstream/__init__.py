@@ -1,0 +1,1 @@
+"""Unit tests of echokit.resilience, on a manual clock."""
