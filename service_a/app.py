@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
+from echokit.admission_app import service_a_gate
 from echokit.devserver import run_main
 from echokit.faults import FaultInjector
-from echokit.resilience.deadline import TIMEOUT_ENVIRON, TIMEOUT_HEADER, parse_timeout_header
+from echokit.resilience.deadline import (
+    TIMEOUT_ENVIRON,
+    TIMEOUT_HEADER,
+    parse_timeout_header,
+    spent_before_handler,
+)
 from echokit.responses import BadMessageError, error_response, json_response, parse_msg
 from echokit.settings import ServiceASettings, service_a_settings
 from echokit.web import create_base_app, finish_app
@@ -37,6 +43,8 @@ def create_app(settings: ServiceASettings | None = None) -> Flask:
             return error_response(exc.status, exc.error)
         except ValueError as exc:
             return error_response(400, f"Invalid {TIMEOUT_HEADER} header", str(exc))
+        if budget_s is not None:
+            budget_s = max(0.0, budget_s - spent_before_handler.get())  # what is left since the request arrived
         if faults.enabled:
             plan = faults.plan()
             if budget_s is not None and plan.delay_s >= budget_s:
@@ -55,6 +63,8 @@ def create_app(settings: ServiceASettings | None = None) -> Flask:
                 return error_response(plan.error_status, "Injected fault", "FAULT_ERROR_RATE is set on Service A")
         return json_response({"echo": msg or ""})
 
+    # A caller's deadline that passed before the request could start: answered at once, no work done.
+    app.wsgi_app = service_a_gate(app.wsgi_app)  # type: ignore[method-assign]
     return finish_app(app, server, logger)
 
 

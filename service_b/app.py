@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
+from echokit.admission_app import service_b_gate
 from echokit.context import REQUEST_ID_ENVIRON
 from echokit.devserver import run_main
 from echokit.responses import BadMessageError, error_response, json_response, parse_msg
@@ -49,6 +50,11 @@ def create_app(settings: ServiceBSettings | None = None, client: EchoClient | No
             return error_response(exc.status, exc.error, exc.details, headers)
         return json_response({"msg": msg, "echo_response": echo_response})
 
+    # Admission at B's request entry, in front of Flask (see echokit.admission_app).
+    app.wsgi_app = service_b_gate(  # type: ignore[method-assign]
+        app.wsgi_app, settings.admission, settings.upstream.timeout_s, metrics.registry, logger
+    )
+    app.extensions["echokit.admission"] = app.wsgi_app
     return finish_app(app, server, logger)
 
 

@@ -26,6 +26,7 @@ B_FAMILIES = {
     "circuit_breaker_state": "gauge",
     "circuit_breaker_transitions": "counter",
 }
+ADMISSION_FAMILIES = {"admission_limit": "gauge", "admission_in_flight": "gauge", "admission_shed": "counter"}
 
 
 class Scrape:
@@ -109,7 +110,7 @@ def test_metric_names_follow_prometheus_conventions(app_b):
     client.get("/call-echo?msg=hi")
     text = client.get("/metrics").get_data(as_text=True)
     metrics = Scrape(text)
-    assert metrics.types() == {**REQUEST_FAMILIES, **B_FAMILIES}
+    assert metrics.types() == {**REQUEST_FAMILIES, **B_FAMILIES, **ADMISSION_FAMILIES}
     for family in metrics.families:
         assert re.fullmatch(r"[a-z][a-z0-9_]*", family.name), family.name
         assert not re.search(r"(milli|micro)?seconds?_|_ms\b|millis", family.name), family.name

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+from echokit.admission import AdmissionSettings
 
 T = TypeVar("T")
 
@@ -65,6 +67,14 @@ ENV_VARS: dict[str, EnvVar] = _declare(
     EnvVar("BREAKER_MIN_CALLS", "20", "Calls in the window before the failure rate counts.", "B"),
     EnvVar("BREAKER_WINDOW_SECONDS", "10", "Window for the failure rate.", "B"),
     EnvVar("BREAKER_RESET_SECONDS", "3", "Time open before one probe call is let through.", "B"),
+    EnvVar("ADMISSION_ENABLED", "true", "Adaptive admission of /call-echo (false: only UPSTREAM_MAX_IN_FLIGHT).", "B"),
+    EnvVar("ADMISSION_INITIAL_LIMIT", "32", "Concurrency limit per process at start; it adapts from there.", "B"),
+    EnvVar("ADMISSION_MIN_LIMIT", "16", "Floor of the adaptive concurrency limit, per process.", "B"),
+    EnvVar("ADMISSION_MAX_LIMIT", "256",
+           "Cap of the adaptive limit per process (UPSTREAM_MAX_IN_FLIGHT caps it too).", "B"),
+    EnvVar("ADMISSION_QUEUE_TARGET_MS", "50", "Queue time (since the request was read) above which CoDel sheds.", "B"),
+    EnvVar("ADMISSION_QUEUE_INTERVAL_MS", "100", "How long queue time stays above the target before shedding.", "B"),
+    EnvVar("ADMISSION_LOG_CHANGE_SHARE", "0.5", "Log the limit when it has moved by more than this share.", "B"),
     EnvVar("WEB_CONCURRENCY", "2", "gunicorn worker processes (production mode only).", "A,B"),
     EnvVar("WORKER_CONNECTIONS", "1000", "Concurrent connections per gunicorn worker (production mode).", "A,B"),
     EnvVar("FAULT_DELAY_MS", "0", "Fault injection: delay every /echo by this much (0 = off).", "A"),
@@ -193,6 +203,7 @@ class ServiceASettings:
 class ServiceBSettings:
     server: ServerSettings
     upstream: UpstreamSettings
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
 
 def _server(read: _Reader, service: str) -> ServerSettings:
@@ -264,7 +275,25 @@ def service_b_settings(environ: Mapping[str, str] | None = None) -> ServiceBSett
         breaker_window_s=read.number("BREAKER_WINDOW_SECONDS", 0.1, 3600),
         breaker_reset_s=read.number("BREAKER_RESET_SECONDS", 0.01, 3600),
     )
-    return ServiceBSettings(server=_server(read, "service_b"), upstream=upstream)
+    return ServiceBSettings(server=_server(read, "service_b"), upstream=upstream, admission=_admission(read, upstream))
+
+
+def _admission(read: _Reader, upstream: UpstreamSettings) -> AdmissionSettings:
+    floor = read.integer("ADMISSION_MIN_LIMIT", 1, 100_000)
+    cap = read.integer("ADMISSION_MAX_LIMIT", 1, 100_000)
+    if floor > cap:
+        raise SettingsError(f"ADMISSION_MIN_LIMIT must be at most ADMISSION_MAX_LIMIT ({cap}), got {floor}")
+    cap = min(cap, upstream.max_in_flight)  # the static in-flight cap stays the hard cap
+    floor = min(floor, cap)
+    return AdmissionSettings(
+        enabled=read.flag("ADMISSION_ENABLED"),
+        initial_limit=min(cap, max(floor, read.integer("ADMISSION_INITIAL_LIMIT", 1, 100_000))),
+        min_limit=floor,
+        max_limit=cap,
+        queue_target_s=read.integer("ADMISSION_QUEUE_TARGET_MS", 1, 600_000) / 1000,
+        queue_interval_s=read.integer("ADMISSION_QUEUE_INTERVAL_MS", 1, 600_000) / 1000,
+        log_change_share=read.number("ADMISSION_LOG_CHANGE_SHARE", 0.01, 100),
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,185 @@
+"""The admission gate at a service's request entry: a WSGI layer in front of Flask.
+
+It runs before Flask builds a request, so a refused request costs a few microseconds of Python and
+one small JSON answer. It does three things for the routes it guards:
+
+* counts each request's budget from its **arrival** (``ARRIVAL_ENVIRON``, recorded by the gunicorn
+  worker when it read the request), and makes every :class:`~echokit.resilience.deadline.Deadline`
+  created while serving the request that much shorter;
+* on B, asks the :class:`~echokit.admission.AdmissionController` whether to take the request on,
+  and answers ``503`` JSON with ``Retry-After`` at once when not;
+* on A, answers ``504`` at once, without doing the work, when the caller's propagated deadline
+  (``X-Request-Timeout-Ms``) has already passed on arrival.
+
+Probes (``/health``, ``/ready``, ``/metrics``) are never guarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from echokit.admission import SHED_REASONS, AdmissionController, AdmissionSettings, Gradient2Limit, Shed
+from echokit.middleware import ROUTE_ENVIRON, WSGIApp
+from echokit.resilience.deadline import TIMEOUT_ENVIRON, parse_timeout_header, spent_before_handler
+from echokit.responses import to_json
+
+# Monotonic time (time.monotonic()) at which the server read the request; set by the gunicorn worker.
+ARRIVAL_ENVIRON = "echokit.arrival"
+OVERLOADED = "Service overloaded"
+DEADLINE_EXCEEDED = "Deadline exceeded"
+
+
+class AdmissionMetrics:
+    """``admission_limit``, ``admission_in_flight`` and ``admission_shed_total{reason}``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.shed = Counter(
+            "admission_shed", "Requests refused at entry, by reason (limit, queue_time, deadline).",
+            ("reason",), registry=registry,
+        )
+        self._shed_children = {reason: self.shed.labels(reason) for reason in SHED_REASONS}  # all shown at 0
+        # Summed over live worker processes: the service's limit and in-flight count as a whole.
+        self.limit = Gauge(
+            "admission_limit", "Current adaptive concurrency limit (sum over worker processes).",
+            registry=registry, multiprocess_mode="livesum",
+        )
+        self.in_flight = Gauge(
+            "admission_in_flight", "Admitted requests in flight (sum over worker processes).",
+            registry=registry, multiprocess_mode="livesum",
+        )
+
+    def count_shed(self, reason: str) -> None:
+        self._shed_children[reason].inc()
+
+    def set_state(self, limit: int, in_flight: int) -> None:
+        self.limit.set(limit)
+        self.in_flight.set(in_flight)
+
+
+def build_controller(
+    settings: AdmissionSettings, metrics: AdmissionMetrics, logger: logging.Logger
+) -> AdmissionController:
+    """B's controller, wired to its metrics and to one log line per large move of the limit."""
+
+    def limit_moved(old: int, new: int, limiter: Gradient2Limit) -> None:
+        logger.info(
+            "admission limit %d -> %d (admitted latency %.1fms, baseline %.1fms)",
+            old, new, limiter.short_rtt * 1000, limiter.long_rtt * 1000,
+        )
+
+    controller = AdmissionController(
+        settings, on_limit_change=limit_moved, on_shed=metrics.count_shed, on_change=metrics.set_state
+    )
+    metrics.set_state(controller.limit, 0)
+    return controller
+
+
+def _answer(
+    start_response: Callable[..., Any], status: str, body: dict[str, str], retry_after: int | None
+) -> list[bytes]:
+    payload = to_json(body).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+    if retry_after is not None:
+        headers.append(("Retry-After", str(retry_after)))
+    start_response(status, headers)
+    return [payload]
+
+
+class AdmissionGate:
+    """WSGI middleware: arrival-based budgets, and admission for the routes in ``guarded``.
+
+    ``budget_s(environ)`` is the request's whole budget in seconds (None: no budget); with a
+    ``controller`` the gate admits or sheds, without one (A) it only refuses expired deadlines.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        guarded: frozenset[str],
+        *,
+        controller: AdmissionController | None,
+        metrics: AdmissionMetrics | None,
+        budget_s: Callable[[dict[str, Any]], float | None],
+        expired_status: str = "503 Service Unavailable",
+    ) -> None:
+        self.app = app
+        self.guarded = guarded
+        self.controller = controller
+        self.metrics = metrics
+        self.budget_s = budget_s
+        self.expired_status = expired_status
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in self.guarded:
+            return self.app(environ, start_response)
+        arrived = environ.get(ARRIVAL_ENVIRON)
+        now = time.monotonic()
+        spent = max(0.0, now - arrived) if isinstance(arrived, float) else 0.0
+        budget = self.budget_s(environ)
+        if self.controller is None:
+            if budget is not None and spent >= budget:
+                return self._refuse(environ, start_response, Shed(
+                    "deadline", f"The caller's {budget * 1000:.0f}ms budget ran out before the request "
+                    f"could start (it waited {spent * 1000:.0f}ms); work not started",
+                ), self.expired_status, DEADLINE_EXCEEDED, None)
+            return self._serve(environ, start_response, spent)
+        decision = self.controller.enter(now - spent, budget)
+        if isinstance(decision, Shed):
+            return self._refuse(environ, start_response, decision, "503 Service Unavailable", OVERLOADED,
+                                decision.retry_after_s)
+        try:
+            return self._serve(environ, start_response, spent)
+        finally:
+            decision.release()
+
+    def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any], spent: float) -> Iterable[bytes]:
+        token = spent_before_handler.set(spent)
+        try:
+            return self.app(environ, start_response)
+        finally:
+            spent_before_handler.reset(token)
+
+    def _refuse(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], shed: Shed, status: str, error: str,
+        retry_after: int | None,
+    ) -> list[bytes]:
+        environ[ROUTE_ENVIRON] = environ.get("PATH_INFO", "")  # a guarded path is its own route template
+        if self.controller is None and self.metrics is not None:
+            self.metrics.count_shed(shed.reason)  # the controller counts its own
+        return _answer(start_response, status, {"error": error, "details": shed.details}, retry_after)
+
+
+def service_b_gate(
+    app: WSGIApp, settings: AdmissionSettings, budget_s: float, registry: CollectorRegistry, logger: logging.Logger
+) -> AdmissionGate:
+    """B's gate: ``/call-echo`` admitted by the adaptive limit, its budget counted from arrival."""
+    metrics = AdmissionMetrics(registry)
+    controller = build_controller(settings, metrics, logger) if settings.enabled else None
+    return AdmissionGate(
+        app, frozenset({"/call-echo"}), controller=controller, metrics=metrics, budget_s=lambda environ: budget_s,
+    )
+
+
+def _propagated_budget(environ: dict[str, Any]) -> float | None:
+    try:
+        return parse_timeout_header(environ.get(TIMEOUT_ENVIRON))
+    except ValueError:
+        return None  # the route answers the bad header with a 400
+
+
+def service_a_gate(app: WSGIApp) -> AdmissionGate:
+    """A's gate: ``/echo`` refused with 504, work not started, when the caller's deadline passed on arrival.
+
+    A admits everything else (B's limit already bounds what reaches it), so it has no admission
+    metrics; its 504s show in ``http_requests_total{status="504"}``.
+    """
+    return AdmissionGate(
+        app, frozenset({"/echo"}), controller=None, metrics=None,
+        budget_s=_propagated_budget, expired_status="504 Gateway Timeout",
+    )
