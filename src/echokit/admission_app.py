@@ -30,7 +30,7 @@ from echokit.responses import to_json
 
 # Monotonic time (time.monotonic()) at which the server read the request; set by the gunicorn worker.
 ARRIVAL_ENVIRON = "echokit.arrival"
-OVERLOADED = "Service overloaded"
+OVERLOADED = "Service A unavailable"  # the document's error for every 503 of B; details say why
 DEADLINE_EXCEEDED = "Deadline exceeded"
 
 
