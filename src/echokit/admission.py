@@ -35,8 +35,8 @@ class AdmissionSettings:
     initial_limit: int = 32
     min_limit: int = 16
     max_limit: int = 256
-    queue_target_s: float = 0.05
-    queue_interval_s: float = 0.1
+    queue_target_s: float = 0.1
+    queue_interval_s: float = 0.2
     log_change_share: float = 0.5
     # Gradient2's knobs, fixed: how much latency growth counts as noise, how fast the limit moves,
     # how much headroom it keeps above the measured need, and the sampling window.
