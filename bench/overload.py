@@ -100,9 +100,11 @@ def _generate(args: argparse.Namespace) -> None:
         records.append((status, time.monotonic() - due))
         return sock, status
 
-    def _close(sock: socket.socket | None) -> None:
+    def _close(sock: socket.socket | None) -> socket.socket | None:
+        """Close ``sock``; None, the connection to use next time (a new one)."""
         if sock is not None:
             sock.close()
+        return None
 
     if args.generate == "closed":
 
