@@ -175,3 +175,16 @@ def test_gauges_hear_the_limit_and_in_flight_after_every_change() -> None:
 def test_retry_after_is_whole_seconds_at_least_one(seconds: float, header: str) -> None:
     """Retry-After rounds up to whole seconds and never says 0."""
     assert retry_after_header(seconds) == header
+
+
+def test_admission_settings_are_validated_and_capped_by_the_static_in_flight_cap() -> None:
+    """A floor above the cap stops start-up with one line; UPSTREAM_MAX_IN_FLIGHT caps the adaptive limit."""
+    from echokit.settings import SettingsError, service_b_settings
+
+    with pytest.raises(SettingsError, match=r"^ADMISSION_MIN_LIMIT must be at most ADMISSION_MAX_LIMIT \(8\), got 9$"):
+        service_b_settings({"ADMISSION_MIN_LIMIT": "9", "ADMISSION_MAX_LIMIT": "8"})
+    capped = service_b_settings({"UPSTREAM_MAX_IN_FLIGHT": "10"}).admission
+    assert (capped.min_limit, capped.initial_limit, capped.max_limit) == (10, 10, 10)
+    defaults = service_b_settings({}).admission
+    assert (defaults.min_limit, defaults.initial_limit, defaults.max_limit) == (16, 32, 256)
+    assert (defaults.queue_target_s, defaults.queue_interval_s, defaults.enabled) == (0.1, 0.2, True)
