@@ -44,7 +44,14 @@ def create_app(settings: ServiceASettings | None = None) -> Flask:
         except ValueError as exc:
             return error_response(400, f"Invalid {TIMEOUT_HEADER} header", str(exc))
         if budget_s is not None:
-            budget_s = max(0.0, budget_s - spent_before_handler.get())  # what is left since the request arrived
+            waited_s = spent_before_handler.get()  # in A's server before this handler ran (echokit.admission_app)
+            if waited_s >= budget_s:
+                # The caller's deadline passed before the request could start: do none of the work.
+                return error_response(
+                    504, "Deadline exceeded", f"The caller's {budget_s * 1000:.0f}ms budget ran out before the "
+                    f"request could start (it waited {waited_s * 1000:.0f}ms); work not started",
+                )
+            budget_s -= waited_s
         if faults.enabled:
             plan = faults.plan()
             if budget_s is not None and plan.delay_s >= budget_s:

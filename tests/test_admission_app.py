@@ -34,6 +34,7 @@ def test_b_over_its_limit_answers_503_json_with_retry_after_without_calling_a(ma
     assert body["details"].startswith("Load shed: ")
     assert fake.hits == 0
     assert client.get("/health").status_code == 200  # probes are never shed
+    assert client.post("/call-echo?msg=hi").status_code == 405  # a method the route does not take is not admission's
     metrics = scrape(client)
     assert metrics.value("admission_shed_total", reason="limit") == 1
     assert metrics.value("admission_shed_total", reason="queue_time") == 0

@@ -8,8 +8,8 @@ one small JSON answer. It does three things for the routes it guards:
   created while serving the request that much shorter;
 * on B, asks the :class:`~echokit.admission.AdmissionController` whether to take the request on,
   and answers ``503`` JSON with ``Retry-After`` at once when not;
-* on A, answers ``504`` at once, without doing the work, when the caller's propagated deadline
-  (``X-Request-Timeout-Ms``) has already passed on arrival.
+* on A, lets the route see how much of the caller's propagated deadline (``X-Request-Timeout-Ms``)
+  the request already spent waiting, so it answers ``504`` without doing the work once none is left.
 
 Probes (``/health``, ``/ready``, ``/metrics``) are never guarded.
 """
@@ -25,13 +25,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from echokit.admission import SHED_REASONS, AdmissionController, AdmissionSettings, Gradient2Limit, Shed
 from echokit.middleware import ROUTE_ENVIRON, WSGIApp
-from echokit.resilience.deadline import TIMEOUT_ENVIRON, parse_timeout_header, spent_before_handler
+from echokit.resilience.deadline import spent_before_handler
 from echokit.responses import to_json
 
 # Monotonic time (time.monotonic()) at which the server read the request; set by the gunicorn worker.
 ARRIVAL_ENVIRON = "echokit.arrival"
 OVERLOADED = "Service A unavailable"  # the document's error for every 503 of B; details say why
-DEADLINE_EXCEEDED = "Deadline exceeded"
+_ROUTED_METHODS = frozenset({"GET", "HEAD"})  # what the guarded routes answer; anything else gets Flask's 405
 
 
 class AdmissionMetrics:
@@ -105,19 +105,16 @@ class AdmissionGate:
         controller: AdmissionController | None,
         metrics: AdmissionMetrics | None,
         budget_s: Callable[[dict[str, Any]], float | None],
-        expired_status: str = "503 Service Unavailable",
     ) -> None:
         self.app = app
         self.guarded = guarded
         self.controller = controller
         self.metrics = metrics
         self.budget_s = budget_s
-        self.expired_status = expired_status
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path not in self.guarded:
-            return self.app(environ, start_response)
+        if environ.get("PATH_INFO", "") not in self.guarded or environ.get("REQUEST_METHOD") not in _ROUTED_METHODS:
+            return self.app(environ, start_response)  # probes, other routes, and 405s are Flask's
         arrived = environ.get(ARRIVAL_ENVIRON)
         now = time.monotonic()
         spent = max(0.0, now - arrived) if isinstance(arrived, float) else 0.0
@@ -125,9 +122,9 @@ class AdmissionGate:
         if self.controller is None:
             if budget is not None and spent >= budget:
                 return self._refuse(environ, start_response, Shed(
-                    "deadline", f"The caller's {budget * 1000:.0f}ms budget ran out before the request "
-                    f"could start (it waited {spent * 1000:.0f}ms); work not started",
-                ), self.expired_status, DEADLINE_EXCEEDED, None)
+                    "deadline", f"Load shed: the request waited {spent * 1000:.0f}ms before it could start, "
+                    f"its whole {budget * 1000:.0f}ms budget",
+                ), "503 Service Unavailable", OVERLOADED, 1)
             return self._serve(environ, start_response, spent)
         decision = self.controller.enter(now - spent, budget)
         if isinstance(decision, Shed):
@@ -166,20 +163,11 @@ def service_b_gate(
     )
 
 
-def _propagated_budget(environ: dict[str, Any]) -> float | None:
-    try:
-        return parse_timeout_header(environ.get(TIMEOUT_ENVIRON))
-    except ValueError:
-        return None  # the route answers the bad header with a 400
-
-
 def service_a_gate(app: WSGIApp) -> AdmissionGate:
-    """A's gate: ``/echo`` refused with 504, work not started, when the caller's deadline passed on arrival.
+    """A's gate: counts ``/echo``'s propagated budget from arrival (A admits everything else).
 
-    A admits everything else (B's limit already bounds what reaches it), so it has no admission
-    metrics; its 504s show in ``http_requests_total{status="504"}``.
+    The route itself answers 504 "work not started" when nothing is left of the budget, after it has
+    validated the request (bad input is a 4xx whatever the deadline). B's limit bounds what reaches
+    A, so A has no admission metrics; its 504s show in ``http_requests_total{status="504"}``.
     """
-    return AdmissionGate(
-        app, frozenset({"/echo"}), controller=None, metrics=None,
-        budget_s=_propagated_budget, expired_status="504 Gateway Timeout",
-    )
+    return AdmissionGate(app, frozenset({"/echo"}), controller=None, metrics=None, budget_s=lambda environ: None)
