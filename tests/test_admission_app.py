@@ -98,3 +98,16 @@ def test_a_without_a_propagated_deadline_is_never_refused_for_waiting(client_a) 
     """No X-Request-Timeout-Ms: however long the request waited, A echoes it."""
     response = client_a.get("/echo?msg=hi", environ_overrides=arrived(30))
     assert response.status_code == 200 and response.get_json() == {"echo": "hi"}
+
+
+def test_with_admission_off_b_still_refuses_only_what_waited_its_whole_budget(make_b, scripted_a) -> None:
+    """ADMISSION_ENABLED=false: no limit (the static cap alone), but a request past its budget is still not begun."""
+    fake, server = scripted_a()
+    app = make_b(server.url, {"ADMISSION_ENABLED": "false", "UPSTREAM_TIMEOUT_SECONDS": "2"})
+    assert app.extensions["echokit.admission"].controller is None
+    client = app.test_client()
+    assert client.get("/call-echo?msg=hi", environ_overrides=arrived(1.0)).status_code == 200
+    late = client.get("/call-echo?msg=hi", environ_overrides=arrived(2.0))
+    assert late.status_code == 503 and late.headers["Retry-After"] == "1"
+    assert fake.hits == 1
+    assert scrape(client).value("admission_shed_total", reason="deadline") == 1

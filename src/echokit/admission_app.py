@@ -23,7 +23,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from echokit.admission import SHED_REASONS, AdmissionController, AdmissionSettings, Gradient2Limit, Shed
+from echokit.admission import (
+    SHED_REASONS,
+    AdmissionController,
+    AdmissionSettings,
+    Gradient2Limit,
+    Shed,
+    retry_after_header,
+)
 from echokit.middleware import ROUTE_ENVIRON, WSGIApp
 from echokit.resilience.deadline import spent_before_handler
 from echokit.responses import to_json
@@ -79,13 +86,12 @@ def build_controller(
     return controller
 
 
-def _answer(
-    start_response: Callable[..., Any], status: str, body: dict[str, str], retry_after: int | None
-) -> list[bytes]:
+def _answer(start_response: Callable[..., Any], status: str, body: dict[str, str], retry_after_s: int) -> list[bytes]:
     payload = to_json(body).encode()
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
-    if retry_after is not None:
-        headers.append(("Retry-After", str(retry_after)))
+    headers = [
+        ("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
+        ("Retry-After", retry_after_header(retry_after_s)),
+    ]
     start_response(status, headers)
     return [payload]
 
@@ -93,8 +99,9 @@ def _answer(
 class AdmissionGate:
     """WSGI middleware: arrival-based budgets, and admission for the routes in ``guarded``.
 
-    ``budget_s(environ)`` is the request's whole budget in seconds (None: no budget); with a
-    ``controller`` the gate admits or sheds, without one (A) it only refuses expired deadlines.
+    ``budget_s(environ)`` is the request's whole budget in seconds (None: no budget). With a
+    ``controller`` the gate admits or sheds; without one it refuses only requests that already waited
+    their whole budget (B with ADMISSION_ENABLED=false), and otherwise only records the time spent (A).
     """
 
     def __init__(
@@ -124,12 +131,11 @@ class AdmissionGate:
                 return self._refuse(environ, start_response, Shed(
                     "deadline", f"Load shed: the request waited {spent * 1000:.0f}ms before it could start, "
                     f"its whole {budget * 1000:.0f}ms budget",
-                ), "503 Service Unavailable", OVERLOADED, 1)
+                ))
             return self._serve(environ, start_response, spent)
         decision = self.controller.enter(now - spent, budget)
         if isinstance(decision, Shed):
-            return self._refuse(environ, start_response, decision, "503 Service Unavailable", OVERLOADED,
-                                decision.retry_after_s)
+            return self._refuse(environ, start_response, decision)
         try:
             return self._serve(environ, start_response, spent)
         finally:
@@ -142,14 +148,12 @@ class AdmissionGate:
         finally:
             spent_before_handler.reset(token)
 
-    def _refuse(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], shed: Shed, status: str, error: str,
-        retry_after: int | None,
-    ) -> list[bytes]:
+    def _refuse(self, environ: dict[str, Any], start_response: Callable[..., Any], shed: Shed) -> list[bytes]:
         environ[ROUTE_ENVIRON] = environ.get("PATH_INFO", "")  # a guarded path is its own route template
         if self.controller is None and self.metrics is not None:
             self.metrics.count_shed(shed.reason)  # the controller counts its own
-        return _answer(start_response, status, {"error": error, "details": shed.details}, retry_after)
+        body = {"error": OVERLOADED, "details": shed.details}
+        return _answer(start_response, "503 Service Unavailable", body, shed.retry_after_s)
 
 
 def service_b_gate(
