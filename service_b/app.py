@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
+from echokit.admission_app import service_b_gate
 from echokit.context import REQUEST_ID_ENVIRON
 from echokit.extension import echokit_of
 from echokit.responses import error_response, json_response
@@ -44,6 +45,10 @@ def create_app(settings: ServiceBSettings | None = None, client: EchoClient | No
             return error_response(exc.status, exc.error, exc.details, headers)
         return json_response({"msg": msg, "echo_response": echo_response})
 
+    # Admission at B's request entry, in front of Flask (see echokit.admission_app).
+    gate = service_b_gate(app.wsgi_app, settings.admission, settings.upstream.timeout_s, ext.metrics.registry, logger)
+    app.wsgi_app = gate  # type: ignore[method-assign]
+    ext.admission = gate
     return finish_app(app, settings.server, logger)
 
 

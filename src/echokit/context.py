@@ -11,6 +11,8 @@ REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"
 MAX_REQUEST_ID_LENGTH = 128
 # Where the request's trace id waits for the access line (set by echokit.tracing when tracing is on).
 TRACE_ID_ENVIRON = "echokit.trace_id"
+# When the server read the request (time.monotonic()); set by the gunicorn worker, read by admission.
+ARRIVAL_ENVIRON = "echokit.arrival"
 
 # Safe in a header, a log line and a URL: no spaces, quotes, control characters or separators.
 _VALID_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:~+/=-]{{1,{MAX_REQUEST_ID_LENGTH}}}\Z")

@@ -18,6 +18,7 @@ from echokit.metrics import Metrics
 from echokit.settings import ServerSettings
 
 if TYPE_CHECKING:
+    from echokit.admission_app import AdmissionGate
     from echokit.upstream import EchoClient
 
 __all__ = ["Echokit", "current_echokit", "echokit_of"]
@@ -30,7 +31,7 @@ class Echokit:
     """What the shared parts of one app need: its server settings, lifecycle and metrics.
 
     ``readiness_details`` adds fields to ``/ready`` (B: the state of its calls to A);
-    ``client`` is B's client for A, closed with the app.
+    ``client`` is B's client for A, closed with the app; ``admission`` B's admission gate.
     """
 
     server: ServerSettings
@@ -38,6 +39,7 @@ class Echokit:
     metrics: Metrics
     readiness_details: Callable[[], dict[str, object]] | None = None
     client: EchoClient | None = None
+    admission: AdmissionGate | None = None
 
     def init_app(self, app: Flask) -> None:
         app.extensions[_KEY] = self

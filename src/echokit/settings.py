@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from echokit.admission import AdmissionSettings
+
 T = TypeVar("T")
 
 
@@ -127,6 +129,20 @@ ENV_VARS: dict[str, EnvVar] = _declare(
     _int("BREAKER_MIN_CALLS", "20", "Calls in the window before the failure rate counts.", "B", 1, 1_000_000),
     _number("BREAKER_WINDOW_SECONDS", "10", "Window for the failure rate.", "B", 0.1, 3600, "s"),
     _number("BREAKER_RESET_SECONDS", "3", "Time open before one probe call is let through.", "B", 0.01, 3600, "s"),
+    EnvVar("ADMISSION_ENABLED", "true", "Adaptive admission of /call-echo (false: only UPSTREAM_MAX_IN_FLIGHT).",
+           "B", "flag"),
+    _int("ADMISSION_INITIAL_LIMIT", "32", "Concurrency limit per process at start; it adapts from there.", "B",
+         1, 100_000, "requests"),
+    _int("ADMISSION_MIN_LIMIT", "16", "Floor of the adaptive concurrency limit, per process.", "B",
+         1, 100_000, "requests"),
+    _int("ADMISSION_MAX_LIMIT", "256", "Cap of the adaptive limit per process (UPSTREAM_MAX_IN_FLIGHT caps it too).",
+         "B", 1, 100_000, "requests"),
+    _int("ADMISSION_QUEUE_TARGET_MS", "100", "Queue time (since the request was read) above which CoDel sheds.", "B",
+         1, 600_000, "ms"),
+    _int("ADMISSION_QUEUE_INTERVAL_MS", "200", "How long queue time stays above the target before shedding.", "B",
+         1, 600_000, "ms"),
+    _number("ADMISSION_LOG_CHANGE_SHARE", "0.5", "Log the limit when it has moved by more than this share.", "B",
+            0.01, 100),
     _int("WEB_CONCURRENCY", "2", "gunicorn worker processes (production mode only).", "A,B", 1, 64, "processes"),
     _int("WORKER_CONNECTIONS", "1000", "Concurrent connections per gunicorn worker (production mode).", "A,B",
          1, 100_000, "connections"),
@@ -364,6 +380,7 @@ class ServiceASettings:
 class ServiceBSettings:
     server: ServerSettings
     upstream: UpstreamSettings
+    admission: AdmissionSettings
 
 
 @dataclass(frozen=True)
@@ -486,7 +503,25 @@ def service_b_settings(environ: Mapping[str, str] | None = None) -> ServiceBSett
     upstream = UpstreamSettings(
         url=_upstream_url(read), hedging=hedging, hedge_delay_s=hedge_delay_s, **read.fields(_UPSTREAM_FIELDS)
     )
-    return ServiceBSettings(server=_server(read, "service_b"), upstream=upstream)
+    return ServiceBSettings(server=_server(read, "service_b"), upstream=upstream, admission=_admission(read, upstream))
+
+
+def _admission(read: _Reader, upstream: UpstreamSettings) -> AdmissionSettings:
+    floor = read.integer("ADMISSION_MIN_LIMIT")
+    cap = read.integer("ADMISSION_MAX_LIMIT")
+    if floor > cap:
+        raise SettingsError(f"ADMISSION_MIN_LIMIT must be at most ADMISSION_MAX_LIMIT ({cap}), got {floor}")
+    cap = min(cap, upstream.max_in_flight)  # the static in-flight cap stays the hard cap
+    floor = min(floor, cap)
+    return AdmissionSettings(
+        enabled=read.flag("ADMISSION_ENABLED"),
+        initial_limit=min(cap, max(floor, read.integer("ADMISSION_INITIAL_LIMIT"))),
+        min_limit=floor,
+        max_limit=cap,
+        queue_target_s=read.integer("ADMISSION_QUEUE_TARGET_MS") / 1000,
+        queue_interval_s=read.integer("ADMISSION_QUEUE_INTERVAL_MS") / 1000,
+        log_change_share=read.number("ADMISSION_LOG_CHANGE_SHARE"),
+    )
 
 
 def worker_settings(environ: Mapping[str, str] | None = None) -> WorkerSettings:

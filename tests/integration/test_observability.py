@@ -17,9 +17,9 @@ from typing import Any
 
 import requests
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.harness import ServiceProcess
+from tests.support.metrics import metric
 
 # The document's access line, exactly, then our suffixes.
 TS = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
@@ -53,16 +53,6 @@ def wait_for_lines(service: ServiceProcess, pattern: str, count: int = 1, timeou
             assert len(found) >= count, f"{count} lines matching {pattern!r} expected:\n{service.log_text()}"
             return found
         time.sleep(0.05)
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples called ``name`` with ``labels``, read by prometheus_client's parser."""
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def raw_get(port: int, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:

@@ -143,7 +143,7 @@ def test_fault_injection_is_off_unless_enabled_at_start_up(pair, services):
     """A without FAULT_* never injects, whatever a request asks; with FAULT_ERROR_RATE=1 at start-up it does."""
     a, _ = pair("gunicorn")
     tricks = ["/echo?msg=x&fault=1&delay_ms=5000&error_rate=1", "/echo?msg=x&FAULT_ERROR_RATE=1"]
-    headers = {"X-Fault-Delay-Ms": "5000", "X-Fault-Error-Rate": "1", "X-Debug": "1", "X-Request-Timeout-Ms": "1"}
+    headers = {"X-Fault-Delay-Ms": "5000", "X-Fault-Error-Rate": "1", "X-Debug": "1", "X-Request-Timeout-Ms": "1000"}
     for _ in range(20):
         for path in tricks:
             started = time.monotonic()

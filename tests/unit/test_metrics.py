@@ -11,9 +11,9 @@ import time
 from typing import Any
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from echokit.extension import echokit_of
+from tests.support.metrics import Scrape, scrape
 
 REQUEST_FAMILIES = {
     "http_requests": "counter",
@@ -32,26 +32,7 @@ B_FAMILIES = {
     "upstream_hedges": "counter",
     "upstream_endpoint_usable": "gauge",
 }
-
-
-class Scrape:
-    """One parsed exposition: ``value("http_requests_total", route="/echo")`` sums matching samples."""
-
-    def __init__(self, text: str) -> None:
-        self.families = list(text_string_to_metric_families(text))
-        self.samples = [sample for family in self.families for sample in family.samples]
-
-    def types(self) -> dict[str, str]:
-        return {family.name: family.type for family in self.families}
-
-    def value(self, name: str, **labels: str) -> float:
-        return sum(
-            s.value for s in self.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        )
-
-    def label_values(self, label: str) -> set[str]:
-        return {s.labels[label] for s in self.samples if label in s.labels}
+ADMISSION_FAMILIES = {"admission_limit": "gauge", "admission_in_flight": "gauge", "admission_shed": "counter"}
 
 
 def stub_app(status: str, body: bytes) -> Any:
@@ -62,18 +43,6 @@ def stub_app(status: str, body: bytes) -> Any:
         return [body]
 
     return app
-
-
-def scrape(client: Any) -> Scrape:
-    """GET /metrics through a Flask test client (or a URL, with requests) and parse it."""
-    if isinstance(client, str):
-        response = requests.get(f"{client}/metrics", timeout=5)
-        assert response.status_code == 200
-        return Scrape(response.text)
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/plain; version=")
-    return Scrape(response.get_data(as_text=True))
 
 
 def test_request_counts_and_latency_are_exact_by_method_route_template_and_status(client_a):
@@ -115,7 +84,7 @@ def test_metric_names_follow_prometheus_conventions(app_b):
     client.get("/call-echo?msg=hi")
     text = client.get("/metrics").get_data(as_text=True)
     metrics = Scrape(text)
-    assert metrics.types() == {**REQUEST_FAMILIES, **B_FAMILIES}
+    assert metrics.types() == {**REQUEST_FAMILIES, **B_FAMILIES, **ADMISSION_FAMILIES}
     for family in metrics.families:
         assert re.fullmatch(r"[a-z][a-z0-9_]*", family.name), family.name
         assert not re.search(r"(milli|micro)?seconds?_|_ms\b|millis", family.name), family.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 
 from echokit.resilience.clock import SYSTEM_CLOCK, Clock
 
@@ -11,6 +12,12 @@ TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 TIMEOUT_ENVIRON = "HTTP_X_REQUEST_TIMEOUT_MS"
 MAX_TIMEOUT_MS = 600_000
 
+# Seconds of the current request's time already spent before its handler ran (queued in the server,
+# counted from when the server read its first byte). The serving layer (echokit.admission_app) sets
+# it per request, so a budget counts from the request's arrival: every Deadline made while serving
+# that request starts this much shorter. Zero outside a request.
+spent_before_handler: ContextVar[float] = ContextVar("spent_before_handler", default=0.0)
+
 
 class Deadline:
     """A point in time after which nobody is waiting for the answer any more."""
@@ -18,7 +25,7 @@ class Deadline:
     def __init__(self, budget_s: float, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
         self.budget_s = budget_s
-        self.expires_at = clock.now() + budget_s
+        self.expires_at = clock.now() + budget_s - spent_before_handler.get()
 
     def remaining(self) -> float:
         """Seconds left, never negative."""

@@ -6,13 +6,17 @@ hanging on a frozen A cost 200 greenlets, not 200 threads, and ``/health`` keeps
 
 from __future__ import annotations
 
+import time
 import weakref
+from contextvars import ContextVar
 from types import FrameType, TracebackType
 from typing import Any
 
 import gevent
+from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
+from echokit.context import ARRIVAL_ENVIRON
 from echokit.lifecycle import Lifecycle
 
 # How long a keep-alive connection must stay idle after the worker stops accepting before it is closed.
@@ -49,6 +53,55 @@ class _NextRequestWait:
             self.greenlet.kill(self.timeout, block=False)
 
 
+# --- arrival time: budgets count from when the server read the request, not from when the handler ran ---
+
+_arrival: ContextVar[float | None] = ContextVar("echokit_arrival", default=None)
+_MAX_QUEUE_S = 60.0  # a clock step can make the estimate absurd; never claim more queueing than this
+
+
+def arrival_time() -> float:
+    """When the current request was read, as ``time.monotonic()``: the time gevent's loop last polled.
+
+    A greenlet woken because its socket became readable runs in the loop iteration that saw it, and
+    libev keeps that iteration's time (wall clock) in ``loop.now()`` until the next poll; on a busy
+    worker the greenlets woken late in an iteration have waited that long for the CPU already.
+    """
+    waited = time.time() - float(gevent.get_hub().loop.now())
+    return time.monotonic() - min(_MAX_QUEUE_S, max(0.0, waited))
+
+
+class _StampArrival:
+    """A WSGI app with the request's arrival time put in its environ (``ARRIVAL_ENVIRON``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        arrived = _arrival.get()
+        if arrived is not None:
+            environ[ARRIVAL_ENVIRON] = arrived
+        return self.app(environ, start_response)
+
+
+# How many connections a worker accepts per turn of its event loop. gunicorn sets 1 when several
+# workers share one listening socket, so that one worker does not take them all; with reuse_port
+# (gunicorn.conf.py) each worker has its own socket, and accepting one connection per loop turn left
+# new connections waiting seconds for accept() while the loop served hundreds of others.
+ACCEPT_PER_TURN = 64
+
+
+class _OwnSocketStreamServer(ggevent.StreamServer):  # type: ignore[misc]
+    """gevent's StreamServer accepting up to ACCEPT_PER_TURN connections per loop turn, whatever gunicorn sets."""
+
+    @property
+    def max_accept(self) -> int:
+        return ACCEPT_PER_TURN
+
+    @max_accept.setter
+    def max_accept(self, value: int) -> None:
+        pass  # gunicorn's shared-socket setting; this worker's socket is its own
+
+
 class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
     """On SIGTERM: /ready turns 503, serving goes on for the drain delay, then the worker stops
     accepting, closes idle keep-alive connections, and gunicorn waits for in-flight requests
@@ -72,10 +125,17 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
         next request is already buffered is served again and again before anyone else: the
         benchmark measured p99 at 16 connections falling from 150-217 ms to 15-57 ms with it.
         """
+        token = _arrival.set(arrival_time())
         try:
             super().handle_request(listener_name, req, sock, addr)
         finally:
+            _arrival.reset(token)
             gevent.sleep(0)
+
+    def run(self) -> None:
+        if self.cfg.reuse_port:
+            ggevent.StreamServer = _OwnSocketStreamServer  # the module gunicorn's run() builds servers from
+        super().run()
 
     def load_wsgi(self) -> None:
         """Load the app, and find its lifecycle now: an app without one fails the boot, loudly."""
@@ -85,6 +145,8 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
         from echokit.extension import echokit_of
 
         self.lifecycle: Lifecycle = echokit_of(self.wsgi).lifecycle
+        # Inside the Flask app, so the app stays the object served (and found by echokit_of).
+        self.wsgi.wsgi_app = _StampArrival(self.wsgi.wsgi_app)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         lifecycle: Lifecycle | None = getattr(self, "lifecycle", None)  # None: SIGTERM before the app loaded
