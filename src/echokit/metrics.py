@@ -24,7 +24,13 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0)
 BREAKER_STATES = ("closed", "open", "half_open")
-UPSTREAM_OUTCOMES = ("success", "timeout", "connection_error", "bad_status", "bad_response", "shed", "circuit_open")
+UPSTREAM_OUTCOMES = (
+    "success", "timeout", "connection_error", "bad_status", "bad_response", "shed", "circuit_open", "rejected",
+)
+# Routes that probes and scrapers call: counted in the RED families like any route, so a query
+# leaves them out with route!~PROBE_ROUTES_REGEX (docs/operations.md, deploy/prometheus/).
+PROBE_ROUTES = ("/health", "/ready", "/metrics")
+PROBE_ROUTES_REGEX = "|".join(PROBE_ROUTES)
 # No ``*_created`` series: in the 0.0.4 text format Prometheus reads them as extra gauges, and
 # multiprocess mode (gunicorn) never has them, so the dev server's /metrics now reads the same.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -63,6 +69,13 @@ class UpstreamMetrics:
             "circuit_breaker_transitions", "Circuit breaker state changes, by the state entered.",
             ("state",), registry=reg,
         )
+        # Every labelled series exists at 0 from the start, so a rate or ratio over a failure
+        # outcome is 0 rather than "no data" until the first failure.
+        for outcome in UPSTREAM_OUTCOMES:
+            self.calls.labels(outcome)
+            self.latency.labels(outcome)
+        for state in BREAKER_STATES:
+            self.breaker_transitions.labels(state)
 
 
 class Metrics:

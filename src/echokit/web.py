@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from echokit.lifecycle import Lifecycle
 from echokit.metrics import Metrics
@@ -34,6 +34,8 @@ def create_base_app(import_name: str, server: ServerSettings, logger: logging.Lo
     The service module adds its own routes, then calls :func:`finish_app`.
     """
     app = Flask(import_name)
+    # No implicit OPTIONS route: every method but GET/HEAD gets the JSON 405 with its Allow header.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no route reads a body; refuse big ones early
     lifecycle = Lifecycle(server.drain_delay_s, server.drain_timeout_s)
     metrics = Metrics()
@@ -43,9 +45,9 @@ def create_base_app(import_name: str, server: ServerSettings, logger: logging.Lo
 
     @app.before_request
     def remember_route() -> None:
-        rule = request.url_rule
-        if rule is not None:
-            request.environ[ROUTE_ENVIRON] = rule.rule
+        route = matched_route()
+        if route is not None:
+            request.environ[ROUTE_ENVIRON] = route
 
     @app.get("/health")
     def health() -> Response:
@@ -89,6 +91,21 @@ def create_base_app(import_name: str, server: ServerSettings, logger: logging.Lo
         return error_response(500, "Internal server error")
 
     return app
+
+
+def matched_route() -> str | None:
+    """The current request's route template, also for a 405 (the path matched, the method did not)."""
+    if request.url_rule is not None:
+        return request.url_rule.rule
+    error = request.routing_exception
+    if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
+        return None
+    method = next(iter(error.valid_methods))
+    try:  # match again with a method the route accepts, to learn which route it was
+        rule, _ = current_app.url_map.bind_to_environ(request.environ).match(method=method, return_rule=True)
+    except HTTPException:
+        return None
+    return str(rule.rule)
 
 
 def load_openapi(root_path: str) -> bytes | None:
