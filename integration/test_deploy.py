@@ -154,7 +154,7 @@ def compose_service(service: str) -> dict[str, Any]:
     """The Compose service whose command runs ``service`` ("service_a" or "service_b")."""
     found = [
         (name, spec) for name, spec in compose()["services"].items()
-        if service_from_argv(image_command(spec.get("command"))) == service
+        if "build" in spec and service_from_argv(image_command(spec.get("command"))) == service
     ]
     assert len(found) == 1, f"expected one Compose service running {service}, got {found}"
     return {"name": found[0][0], **found[0][1]}
@@ -279,7 +279,8 @@ def test_every_kubernetes_manifest_validates_against_the_openapi_schemas(k8s):
     version = kubernetes_validate.latest_version()
     kinds = sorted(o["kind"] for o in k8s)
     assert kinds == sorted(
-        ["Deployment", "Deployment", "Service", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
+        ["Deployment", "Deployment", "Service", "Service", "PodDisruptionBudget", "PodDisruptionBudget",
+         "HorizontalPodAutoscaler"]
     )
     for obj in k8s:
         kubernetes_validate.validate(obj, version, strict=True)
@@ -447,7 +448,7 @@ def test_pods_are_locked_down_and_write_only_to_tmp(k8s):
 
 
 def test_replicas_autoscaler_and_disruption_budget_fit_together(k8s):
-    """A runs 3 (Deployment, HPA floor, Compose scale) and keeps 2 through drains; B runs 2."""
+    """A runs 3 (Deployment, HPA floor, Compose scale) and keeps 2 through drains; B runs 2 and keeps 1."""
     a, b = k8s_deployment(k8s, "service_a"), k8s_deployment(k8s, "service_b")
     assert (a["spec"]["replicas"], b["spec"]["replicas"]) == (3, 2)
     assert compose_service("service_a")["scale"] == 3
@@ -457,9 +458,12 @@ def test_replicas_autoscaler_and_disruption_budget_fit_together(k8s):
     assert hpa["spec"]["minReplicas"] == a["spec"]["replicas"] < hpa["spec"]["maxReplicas"]
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     assert "cpu" in container(a)["resources"]["requests"]  # HPA utilisation is a share of the request
-    [pdb] = [o for o in k8s if o["kind"] == "PodDisruptionBudget"]
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= a["spec"]["template"]["metadata"]["labels"].items()
-    assert pdb["spec"]["minAvailable"] < a["spec"]["replicas"]  # else no node could ever be drained
+    for deployment, kept in ((a, 2), (b, 1)):
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"].items()
+        [pdb] = [o for o in k8s if o["kind"] == "PodDisruptionBudget"
+                 and o["spec"]["selector"]["matchLabels"].items() <= pod_labels]
+        assert pdb["spec"]["minAvailable"] == kept
+        assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]  # else no node could ever be drained
 
 
 def test_image_tag_and_build_context_match_the_project(k8s):
