@@ -27,10 +27,6 @@ BREAKER_STATES = ("closed", "open", "half_open")
 UPSTREAM_OUTCOMES = (
     "success", "timeout", "connection_error", "bad_status", "bad_response", "shed", "circuit_open", "rejected",
 )
-# Routes that probes and scrapers call: counted in the RED families like any route, so a query
-# leaves them out with route!~PROBE_ROUTES_REGEX (docs/operations.md, deploy/prometheus/).
-PROBE_ROUTES = ("/health", "/ready", "/metrics")
-PROBE_ROUTES_REGEX = "|".join(PROBE_ROUTES)
 # No ``*_created`` series: in the 0.0.4 text format Prometheus reads them as extra gauges, and
 # multiprocess mode (gunicorn) never has them, so the dev server's /metrics now reads the same.
 disable_created_metrics()  # type: ignore[no-untyped-call]

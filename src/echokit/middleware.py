@@ -19,13 +19,13 @@ from echokit.context import (
     current_request_id,
 )
 from echokit.lifecycle import Lifecycle
-from echokit.metrics import PROBE_ROUTES, Metrics
+from echokit.metrics import Metrics
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 ROUTE_ENVIRON = "echokit.route"  # set by the Flask app to the matched route template
 UNMATCHED_ROUTE = "unmatched"
-PROBE_PATHS = frozenset(PROBE_ROUTES)  # not access-logged unless LOG_PROBES is set
+PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 class ObservedApp:
