@@ -17,6 +17,9 @@ WORKDIR /src
 # --build-arg REQUIREMENTS=requirements-otel.txt adds OpenTelemetry tracing.
 ARG REQUIREMENTS=requirements-runtime.txt
 COPY requirements-runtime.txt requirements-otel.txt ./
+# pipefail: a wrong REQUIREMENTS (grep cannot read it) fails the build instead of silently
+# building an image without the extra packages.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/venv \
     && grep -hv -e '^-e' -e '^-r' requirements-runtime.txt "$REQUIREMENTS" | sort -u > /tmp/requirements-image.txt \
     && /opt/venv/bin/pip install -r /tmp/requirements-image.txt

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the Debian packages some tests need (today: docker-compose, whose `config` command
-# validates compose.yaml without a Docker engine). Idempotent: installs only what is missing.
+# Install the Debian packages some tests need (docker-compose, whose `config` command
+# validates compose.yaml without a Docker engine; shellcheck; prometheus for promtool and the
+# real-Prometheus test; wrk). Idempotent: installs only what is missing.
 # Never fails the run: without root or apt the tests that need a package skip and say why.
 #   usage: scripts/system-packages.sh PACKAGE...
 set -uo pipefail
@@ -20,7 +21,12 @@ export DEBIAN_FRONTEND=noninteractive
 # A fresh machine has no package lists yet; try the install first, refresh the lists only if it fails.
 if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
     apt-get update -qq >/dev/null 2>&1 || true
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
-        || echo "==> could not install ${missing[*]} (the tests that use them will skip)" >&2
+    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+        # One package the archive lacks must not keep the others out: install them one by one.
+        for package in "${missing[@]}"; do
+            apt-get install -y -qq --no-install-recommends "$package" >/dev/null 2>&1 \
+                || echo "==> could not install $package (the tests that use it will skip)" >&2
+        done
+    fi
 fi
 exit 0

@@ -128,6 +128,14 @@ def test_wrong_method_is_a_json_405_with_allow(client_a: FlaskClient) -> None:
     assert "GET" in response.headers["Allow"]
 
 
+def test_options_is_a_json_405_too(client_a: FlaskClient) -> None:
+    """OPTIONS /echo answers the same JSON 405, with Allow naming exactly GET and HEAD."""
+    response = client_a.open("/echo?msg=hello", method="OPTIONS")
+    assert response.status_code == 405
+    assert response.get_json() == {"error": "Method not allowed"}
+    assert sorted(m.strip() for m in response.headers["Allow"].split(",")) == ["GET", "HEAD"]
+
+
 @pytest.mark.parametrize(
     ("query", "error"),
     [

@@ -25,6 +25,10 @@ from echokit.resilience.breaker import BreakerState
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0)
 BREAKER_STATES = tuple(BreakerState)
+# Every final outcome of a call from B to A (the ``outcome`` label), so each series exists from the start.
+UPSTREAM_OUTCOMES = (
+    "success", "timeout", "connection_error", "bad_status", "bad_response", "shed", "circuit_open", "rejected",
+)
 # No ``*_created`` series: in the 0.0.4 text format Prometheus reads them as extra gauges, and
 # multiprocess mode (gunicorn) never has them, so the dev server's /metrics now reads the same.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -75,6 +79,13 @@ class UpstreamMetrics:
             "upstream_endpoint_usable", "1 while an endpoint of A takes calls, 0 while it is ejected.",
             ("endpoint",), registry=reg, multiprocess_mode="livemin",
         )
+        # Every labelled series exists at 0 from the start, so a rate or ratio over a failure
+        # outcome is 0 rather than "no data" until the first failure.
+        for outcome in UPSTREAM_OUTCOMES:
+            self.calls.labels(outcome)
+            self.latency.labels(outcome)
+        for state in BREAKER_STATES:
+            self.breaker_transitions.labels(state)
 
 
 class Metrics:

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from flask import Flask, Response, current_app, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from echokit.extension import Echokit, echokit_of
 from echokit.lifecycle import Lifecycle
@@ -38,15 +38,17 @@ def create_base_app(import_name: str, server: ServerSettings) -> tuple[Flask, lo
     """
     logger = configure_logging(server.service, server.log_level, server.log_format)
     app = Flask(import_name)
+    # No implicit OPTIONS route: every method but GET/HEAD gets the JSON 405 with its Allow header.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no route reads a body; refuse big ones early
     Echokit(server, Lifecycle(server.drain_delay_s, server.drain_timeout_s), Metrics(server.metrics_dir)).init_app(app)
     app.register_blueprint(probes)
 
     @app.before_request
     def remember_route() -> None:
-        rule = request.url_rule
-        if rule is not None:
-            request.environ[ROUTE_ENVIRON] = rule.rule
+        route = matched_route()
+        if route is not None:
+            request.environ[ROUTE_ENVIRON] = route
 
     openapi = load_openapi(app.root_path)
     if openapi is not None:
@@ -86,6 +88,21 @@ def request_msg() -> str | None:
     """
     query = request.environ.get("QUERY_STRING", "").encode("latin-1")
     return parse_msg(query, echokit_of(current_app).server.max_msg_bytes)
+
+
+def matched_route() -> str | None:
+    """The current request's route template, also for a 405 (the path matched, the method did not)."""
+    if request.url_rule is not None:
+        return request.url_rule.rule
+    error = request.routing_exception
+    if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
+        return None
+    method = next(iter(error.valid_methods))
+    try:  # match again with a method the route accepts, to learn which route it was
+        rule, _ = current_app.url_map.bind_to_environ(request.environ).match(method=method, return_rule=True)
+    except HTTPException:
+        return None
+    return str(rule.rule)
 
 
 def load_openapi(root_path: str) -> bytes | None:

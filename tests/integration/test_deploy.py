@@ -39,6 +39,7 @@ from echokit.servers.gunicorn_config import ensure_metrics_dir, gunicorn_setting
 from echokit.settings import ENV_VARS, service_a_settings, service_b_settings
 from service_a.app import create_app as create_a
 from service_b.app import create_app as create_b
+from tests.support.deploy import COMPOSE, KUSTOMIZE_DIR, compose, render_kustomization
 from tests.support.harness import REPO, ServiceProcess, free_port, port_is_closed
 
 if sys.version_info >= (3, 11):
@@ -48,8 +49,6 @@ else:  # requirements.txt installs tomli on 3.10
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-COMPOSE = REPO / "compose.yaml"
-KUSTOMIZE_DIR = REPO / "deploy" / "kubernetes"
 PROCFILE = REPO / "Procfile.prod"
 SERVICES = ("service_a", "service_b")
 SETTINGS: dict[str, Callable[..., Any]] = {"service_a": service_a_settings, "service_b": service_b_settings}
@@ -149,42 +148,14 @@ def image_uid() -> int:
 # ---------------------------------------------------------------- Compose and Kubernetes
 
 
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())  # PyYAML resolves the `<<: *service` merges
-    assert isinstance(data, dict)
-    return data
-
-
 def compose_service(service: str) -> dict[str, Any]:
     """The Compose service whose command runs ``service`` ("service_a" or "service_b")."""
     found = [
         (name, spec) for name, spec in compose()["services"].items()
-        if service_from_argv(image_command(spec.get("command"))) == service
+        if "build" in spec and service_from_argv(image_command(spec.get("command"))) == service
     ]
     assert len(found) == 1, f"expected one Compose service running {service}, got {found}"
     return {"name": found[0][0], **found[0][1]}
-
-
-def render_kustomization(directory: Path) -> list[dict[str, Any]]:
-    """What `kustomize build` gives for the features this base uses (resources, labels, namespace)."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    supported = {"apiVersion", "kind", "resources", "labels", "namespace"}
-    unknown = set(kustomization) - supported
-    assert not unknown, f"the test's renderer does not implement {sorted(unknown)}: extend it"
-    objects: list[dict[str, Any]] = []
-    for resource in kustomization["resources"]:
-        objects.extend(doc for doc in yaml.safe_load_all((directory / resource).read_text()) if doc)
-    for entry in kustomization.get("labels", []):
-        assert not entry.get("includeSelectors"), "the test's renderer does not implement includeSelectors"
-        for obj in objects:
-            obj["metadata"].setdefault("labels", {}).update(entry["pairs"])
-            template = obj.get("spec", {}).get("template")
-            if entry.get("includeTemplates") and template is not None:
-                template.setdefault("metadata", {}).setdefault("labels", {}).update(entry["pairs"])
-    if "namespace" in kustomization:
-        for obj in objects:
-            obj["metadata"]["namespace"] = kustomization["namespace"]
-    return objects
 
 
 def real_kustomize() -> list[str] | None:
@@ -284,7 +255,8 @@ def test_every_kubernetes_manifest_validates_against_the_openapi_schemas(k8s):
     version = kubernetes_validate.latest_version()
     kinds = sorted(o["kind"] for o in k8s)
     assert kinds == sorted(
-        ["Deployment", "Deployment", "Service", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"]
+        ["Deployment", "Deployment", "Service", "Service", "PodDisruptionBudget", "PodDisruptionBudget",
+         "HorizontalPodAutoscaler"]
     )
     for obj in k8s:
         kubernetes_validate.validate(obj, version, strict=True)
@@ -463,7 +435,7 @@ def test_pods_are_locked_down_and_write_only_to_tmp(k8s):
 
 
 def test_replicas_autoscaler_and_disruption_budget_fit_together(k8s):
-    """A runs 3 (Deployment, HPA floor, Compose scale) and keeps 2 through drains; B runs 2."""
+    """A runs 3 (Deployment, HPA floor, Compose scale) and keeps 2 through drains; B runs 2 and keeps 1."""
     a, b = k8s_deployment(k8s, "service_a"), k8s_deployment(k8s, "service_b")
     assert (a["spec"]["replicas"], b["spec"]["replicas"]) == (3, 2)
     assert compose_service("service_a")["scale"] == 3
@@ -473,9 +445,12 @@ def test_replicas_autoscaler_and_disruption_budget_fit_together(k8s):
     assert hpa["spec"]["minReplicas"] == a["spec"]["replicas"] < hpa["spec"]["maxReplicas"]
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     assert "cpu" in container(a)["resources"]["requests"]  # HPA utilisation is a share of the request
-    [pdb] = [o for o in k8s if o["kind"] == "PodDisruptionBudget"]
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= a["spec"]["template"]["metadata"]["labels"].items()
-    assert pdb["spec"]["minAvailable"] < a["spec"]["replicas"]  # else no node could ever be drained
+    for deployment, kept in ((a, 2), (b, 1)):
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"].items()
+        [pdb] = [o for o in k8s if o["kind"] == "PodDisruptionBudget"
+                 and o["spec"]["selector"]["matchLabels"].items() <= pod_labels]
+        assert pdb["spec"]["minAvailable"] == kept
+        assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]  # else no node could ever be drained
 
 
 def test_image_tag_and_build_context_match_the_project(k8s):

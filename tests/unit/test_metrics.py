@@ -13,6 +13,8 @@ from typing import Any
 import requests
 
 from echokit.extension import echokit_of
+from echokit.metrics import BREAKER_STATES, UPSTREAM_OUTCOMES
+from echokit.probes import PROBE_PATHS
 from tests.support.metrics import Scrape, scrape
 
 REQUEST_FAMILIES = {
@@ -57,7 +59,7 @@ def test_request_counts_and_latency_are_exact_by_method_route_template_and_statu
     metrics = scrape(client_a)
     assert metrics.value("http_requests_total", method="GET", route="/echo", status="200") == 3
     assert metrics.value("http_requests_total", method="GET", route="unmatched", status="404") == 2
-    assert metrics.value("http_requests_total", method="POST", status="405") == 1
+    assert metrics.value("http_requests_total", method="POST", route="/echo", status="405") == 1
     assert metrics.value("http_requests_total", route="/health", status="200") == 1
     assert metrics.value("http_requests_total") == 7  # the scrape itself is counted once it finishes
     assert metrics.value("http_request_duration_seconds_count", route="/echo", status="200") == 3
@@ -69,6 +71,34 @@ def test_request_counts_and_latency_are_exact_by_method_route_template_and_statu
 
     assert scrape(client_a).value("http_requests_total", route="/metrics", status="200") == 1
     assert metrics.types() == REQUEST_FAMILIES  # A calls nobody: no upstream or breaker families
+
+
+def test_every_failure_series_of_b_exists_at_zero_right_after_start(app_b):
+    """Before any call, B exposes every upstream outcome, retry and breaker-transition series at 0."""
+    metrics = scrape(app_b.test_client())
+    for outcome in UPSTREAM_OUTCOMES:
+        for name in ("upstream_requests_total", "upstream_request_duration_seconds_count"):
+            assert any(s.name == name and s.labels == {"outcome": outcome} and s.value == 0 for s in metrics.samples), (
+                name, outcome,
+            )
+    for state in BREAKER_STATES:
+        assert any(
+            s.name == "circuit_breaker_transitions_total" and s.labels == {"state": state} and s.value == 0
+            for s in metrics.samples
+        ), state
+    retries = ("upstream_retries_total", "upstream_retries_denied_total")
+    assert [s.value for s in metrics.samples if s.name in retries] == [0, 0]
+
+
+def test_a_405_and_probe_requests_keep_their_route_label(client_a):
+    """A wrong method on a real route is counted under that route; probes and scrapes under theirs."""
+    assert client_a.open("/echo?msg=x", method="OPTIONS").status_code == 405
+    assert client_a.get("/ready").status_code == 200
+    client_a.get("/metrics")
+    metrics = scrape(client_a)
+    assert metrics.value("http_requests_total", method="OPTIONS", route="/echo", status="405") == 1
+    assert metrics.value("http_requests_total", route="unmatched") == 0
+    assert metrics.label_values("route") & PROBE_PATHS == {"/ready", "/metrics"}
 
 
 def test_an_unknown_http_method_is_counted_as_other(client_a):
