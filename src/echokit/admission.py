@@ -38,20 +38,24 @@ class AdmissionSettings:
     queue_target_s: float = 0.1
     queue_interval_s: float = 0.2
     log_change_share: float = 0.5
-    # Gradient2's knobs, fixed: how much latency growth counts as noise, how fast the limit moves,
-    # how much headroom it keeps above the measured need, and the sampling window.
+
+
+@dataclass(frozen=True)
+class Gradient2Knobs:
+    """Gradient2's fixed knobs: latency growth taken as noise, how fast the limit moves, its headroom
+    above the measured need, the slow average's length, and the sampling window (time and samples)."""
+
     tolerance: float = 2.0
     smoothing: float = 0.2
     queue_size: int = 4
     long_window: int = 600
-    window_min_s: float = 0.1
-    window_min_samples: int = 10
+    window: tuple[float, int] = (0.1, 10)  # at least this many seconds and this many samples
 
 
 class Gradient2Limit:
     """A concurrency limit that follows the latency of admitted work (Netflix's Gradient2).
 
-    Each sampling window (at least ``window_min_s`` and ``window_min_samples`` samples) compares the
+    Each sampling window (at least ``knobs.window``: seconds and samples) compares the
     window's average latency (short RTT) with a slow exponential average (long RTT):
     ``gradient = clamp(tolerance * long / short, 0.5, 1)``; ``new = limit * gradient + queue_size``,
     smoothed, within [floor, cap]. While latency stays within ``tolerance`` times its usual level the
@@ -61,6 +65,7 @@ class Gradient2Limit:
 
     def __init__(self, settings: AdmissionSettings, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
+        self.knobs = Gradient2Knobs()
         self.clock = clock
         self.floor = settings.min_limit
         self.cap = max(settings.min_limit, settings.max_limit)
@@ -83,8 +88,8 @@ class Gradient2Limit:
         self._window_count += 1
         self._window_max_in_flight = max(self._window_max_in_flight, in_flight)
         now = self.clock.now()
-        s = self.settings
-        if self._window_count < s.window_min_samples or now - self._window_start < s.window_min_s:
+        window_s, window_samples = self.knobs.window
+        if self._window_count < window_samples or now - self._window_start < window_s:
             return False
         short = self._window_sum / self._window_count
         busiest = self._window_max_in_flight
@@ -96,13 +101,12 @@ class Gradient2Limit:
         return True
 
     def _update(self, short: float, in_flight: int) -> None:
-        s = self.settings
         self.short_rtt = short
         if self._long_samples < 10:  # warm-up: a plain average of the first windows
             self._long_samples += 1
             self.long_rtt += (short - self.long_rtt) / self._long_samples
         else:
-            factor = 2.0 / (s.long_window + 1)
+            factor = 2.0 / (self.knobs.long_window + 1)
             self.long_rtt = self.long_rtt * (1 - factor) + short * factor
         if short <= 0:
             return
@@ -112,9 +116,10 @@ class Gradient2Limit:
             self.long_rtt *= 0.95
         if in_flight < self.estimate / 2:
             return  # app-limited: the limit was not the constraint, so the sample says nothing about it
-        gradient = max(0.5, min(1.0, s.tolerance * self.long_rtt / short))
-        target = self.estimate * gradient + s.queue_size
-        smoothed = self.estimate * (1 - s.smoothing) + target * s.smoothing
+        k = self.knobs
+        gradient = max(0.5, min(1.0, k.tolerance * self.long_rtt / short))
+        target = self.estimate * gradient + k.queue_size
+        smoothed = self.estimate * (1 - k.smoothing) + target * k.smoothing
         self.estimate = max(float(self.floor), min(float(self.cap), smoothed))
 
 

@@ -112,11 +112,8 @@ class AdmissionGate:
         metrics: AdmissionMetrics | None,
         budget_s: Callable[[dict[str, Any]], float | None],
     ) -> None:
-        self.app = app
-        self.guarded = guarded
-        self.controller = controller
-        self.metrics = metrics
-        self.budget_s = budget_s
+        self.app, self.guarded, self.budget_s = app, guarded, budget_s
+        self.controller, self.metrics = controller, metrics
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "") not in self.guarded or environ.get("REQUEST_METHOD") not in _ROUTED_METHODS:

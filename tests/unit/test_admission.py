@@ -21,9 +21,10 @@ SETTINGS = AdmissionSettings(initial_limit=20, min_limit=4, max_limit=100)
 def run_windows(limit: Gradient2Limit, clock: ManualClock, rtt_s: float, in_flight: int, windows: int) -> None:
     """Feed ``windows`` sampling windows of identical samples."""
     for _ in range(windows):
-        for _ in range(limit.settings.window_min_samples):
+        window_s, window_samples = limit.knobs.window
+        for _ in range(window_samples):
             limit.sample(rtt_s, in_flight)
-        clock.advance(limit.settings.window_min_s)
+        clock.advance(window_s)
         limit.sample(rtt_s, in_flight)
 
 

@@ -159,12 +159,8 @@ class EndpointSet:
         logger: logging.Logger,
         metrics: Any = None,  # echokit.metrics.UpstreamMetrics or None
     ) -> None:
-        self.balancer = balancer
-        self.outlier = outlier
-        self.clock = clock
-        self.pool_size = pool_size
-        self.logger = logger
-        self.metrics = metrics
+        self.balancer, self.outlier, self.clock = balancer, outlier, clock
+        self.pool_size, self.logger, self.metrics = pool_size, logger, metrics
         self._all: dict[str, Endpoint] = {}
         self._usable: list[Endpoint] = []
         self._next_restore = float("inf")
