@@ -1,8 +1,8 @@
 """What each layer of Service B costs per ``/call-echo`` request, as a markdown table (issue 13).
 
-    python bench/layers.py              # in-process CPU per layer (~1 min)
+    python bench/layers.py              # in-process CPU per layer (~1.5 min on a busy machine)
     python bench/layers.py --py-spy     # also: py-spy samples one B worker under wrk load
-    python bench/layers.py --quick      # fewer repetitions, a 3 s profile: a smoke run
+    python bench/layers.py --quick      # fewer repetitions, 2 s of load: a smoke run (~30 s)
 
 Every figure is microseconds of this process's CPU (user + system) per operation, the median of
 5 repetitions (bench/micro.py's ``cpu_us``), measured with the project's own code: the server
@@ -14,7 +14,8 @@ in-process figure covers: the gevent hub, socket syscalls, scheduling.
 
 ``--py-spy`` samples that B worker with py-spy (``py-spy record --format raw --nonblocking``)
 while wrk loads it, and prints the share of non-idle samples that have a frame in each part
-(inclusive: a urllib3 frame above an ``email`` frame counts for both). JSON: bench/results/layers.json.
+(inclusive: a urllib3 frame above an ``email`` frame counts for both). JSON: bench/results/layers.json;
+py-spy's raw stacks: bench/results/layers-pyspy.tmp (git-ignored).
 """
 
 from __future__ import annotations
@@ -370,7 +371,7 @@ def under_load(a: ServiceProcess, log_dir: Path, out_dir: Path, seconds: float, 
                 spy.kill()
                 spy.wait()
             if profile.exists():
-                shutil.copy(profile, out_dir / "layers-profile.txt")  # py-spy raw: flamegraph.pl reads it
+                shutil.copy(profile, out_dir / "layers-pyspy.tmp")  # py-spy raw (flamegraph.pl input), git-ignored
             out["profile"] = summarize_profile(profile) if profile.exists() else {
                 "error": (log_dir / "py-spy.err").read_text(errors="replace")[-500:]
             }
