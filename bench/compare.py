@@ -166,6 +166,7 @@ class Comparison:
         try:
             for mode in self.args.modes:
                 self.services[mode] = start_pair(mode, self.work, self.args.workers)
+            self.check_answers()
             self.sample_rss("idle")
             for pair in self.services.values():  # warm-up: lazy imports, pools open their connections
                 for _, name, path, _ in LOADS[::2]:
@@ -176,12 +177,25 @@ class Comparison:
                     for mode in order:
                         self.measure(mode, load, rnd)
             self.sample_rss("after_load")
-        except (bench.HarnessError, RuntimeError, TimeoutError) as exc:
+        except (bench.HarnessError, RuntimeError, TimeoutError, OSError, ValueError) as exc:
             self.broken.append(str(exc)[:2000])
         finally:
             for pair in self.services.values():
                 for service in pair.values():
                     service.cleanup()
+
+    def check_answers(self) -> None:
+        """Every mode must answer with the project's JSON, or the comparison compares different work."""
+        expected = {"a": ("/echo?msg=hello", {"echo": "hello"}),
+                    "b": ("/call-echo?msg=hello", {"msg": "hello", "echo_response": {"echo": "hello"}})}
+        for mode, pair in self.services.items():
+            for name, (path, body) in expected.items():
+                got = pair[name].get(path)
+                missing = pair[name].get(path.split("?")[0]) if name == "b" else None
+                if got.status_code != 200 or got.json() != body:
+                    raise bench.HarnessError(f"{mode} {name} {path}: {got.status_code} {got.text[:200]}")
+                if missing is not None and missing.status_code != 400:
+                    raise bench.HarnessError(f"{mode} b /call-echo without msg: {missing.status_code}, not 400")
 
     def sample_rss(self, when: str) -> None:
         for mode, pair in self.services.items():
