@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -205,18 +203,11 @@ class Comparison:
         target, name, path, conns = load
         pair = self.services[mode]
         involved = {n: pair[n] for n in ("a", "b") if n == "a" or name == "b"}
-        cpu_before = {n: bench.group_cpu_seconds(svc) for n, svc in involved.items()}
-        raw = bench.run_wrk(self.wrk, self.work / "done.lua", pair[name].url + path, conns, self.args.duration)
-        result = bench.to_result(raw, mode, target, conns, rnd, "wrk")
-        if result.requests:
-            result.cpu_us_per_req = {
-                n: round((bench.group_cpu_seconds(svc) - cpu_before[n]) / result.requests * 1e6, 1)
-                for n, svc in involved.items()
-            }
+        result = bench.timed_load(
+            lambda url, c, d: bench.run_wrk(self.wrk, self.work / "done.lua", url, c, d),
+            pair[name].url + path, involved, (mode, target, conns, rnd), self.args.duration, "wrk",
+        )
         self.results.append(result)
-        print(f"  round {rnd} {mode:<8} {target:<10} {result.rps:>8.0f} req/s  p50 {result.p50_ms:6.2f} ms"
-              f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors}  non-2xx {result.non_2xx}"
-              f"  CPU us/req {result.cpu_us_per_req}", flush=True)
         if result.successes <= 0:
             self.broken.append(f"{mode} {target}: no successful request")
 
@@ -228,18 +219,7 @@ class Comparison:
                 picked = [r for r in self.results if (r.mode, r.target) == (mode, target)]
                 if not picked:
                     continue
-                table.setdefault(target, {})[mode] = {
-                    "rps": round(statistics.median(r.rps for r in picked), 1),
-                    "p50_ms": round(statistics.median(r.p50_ms for r in picked), 2),
-                    "p99_ms": round(statistics.median(r.p99_ms for r in picked), 2),
-                    "errors": sum(r.errors for r in picked),
-                    "non_2xx": sum(r.non_2xx for r in picked),
-                    "rounds": len(picked),
-                    "cpu_us_per_req": {
-                        n: round(statistics.median(r.cpu_us_per_req.get(n, 0.0) for r in picked), 1)
-                        for n in picked[0].cpu_us_per_req
-                    },
-                }
+                table.setdefault(target, {})[mode] = bench.median_row(picked)
         return table
 
 
@@ -298,13 +278,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through Comparison.run's finally: our services are stopped
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, bench.stop_on_sigterm)  # unwinds through the finally blocks
     begun = time.monotonic()
     wrk = bench.ensure_wrk()
     if wrk is None:
@@ -339,16 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "compare.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults: {path} ({report['elapsed_s']} s)")
-    if comparison.broken:
-        print("HARNESS BROKEN:\n  " + "\n  ".join(comparison.broken), file=sys.stderr)
-        print(f"service logs kept in {work}", file=sys.stderr)
-        return 1
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return bench.harness_status(comparison.broken, work)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # Comparison.run's finally block has already stopped every service
-        sys.exit(130)
+    bench.run_main(main)
