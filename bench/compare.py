@@ -23,6 +23,7 @@ Exit status: 0 when the harness worked (even if a ratio is not met), 1 when it b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -84,11 +85,13 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:  # all bound at once, so no two can be handed the same port
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def start_process(name: str, mode: str, command: list[str], log_dir: Path, port: int, env: dict[str, str],
@@ -120,7 +123,7 @@ def start_pair(mode: str, log_dir: Path, workers: int) -> dict[str, Any]:
         except BaseException:
             a.cleanup()
             raise
-    ports = {"a": free_port(), "b": free_port()}
+    ports = dict(zip(("a", "b"), free_ports(2), strict=True))
     started: dict[str, Any] = {}
     try:
         for name, port in ports.items():
