@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,27 @@ def group_cpu_seconds(service: ServiceProcess) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def timed_load(
+    load: Callable[[str, int, float], dict[str, Any]], url: str, involved: dict[str, ServiceProcess],
+    key: tuple[str, str, int, int], duration: float, generator: str,
+) -> LoadResult:
+    """One load run at ``url``; ``key`` is (mode, target, connections, round). Records the CPU each
+    ``involved`` service spent per request, and prints a line."""
+    mode, target, conns, rnd = key
+    cpu_before = {n: group_cpu_seconds(svc) for n, svc in involved.items()}
+    raw = load(url, conns, duration)
+    result = to_result(raw, mode, target, conns, rnd, generator)
+    if result.requests:
+        result.cpu_us_per_req = {
+            n: round((group_cpu_seconds(svc) - cpu_before[n]) / result.requests * 1e6, 1)
+            for n, svc in involved.items()
+        }
+    print(f"  round {rnd} {mode:<8} {target:<10} c={conns:<3} {result.rps:>8.0f} req/s"
+          f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+          f"  non-2xx {result.non_2xx}  CPU us/req {result.cpu_us_per_req}", flush=True)
+    return result
+
+
 def snapshot(services: dict[str, dict[str, ServiceProcess]], when: str) -> list[dict[str, Any]]:
     return [
         {"when": when, "mode": mode, "service": name, "processes": process_stats(svc)}
@@ -330,6 +352,22 @@ def median_of(results: list[LoadResult], mode: str, target: str, conns: int, att
     return statistics.median(values) if values else None
 
 
+def median_row(picked: list[LoadResult]) -> dict[str, Any]:
+    """The median over rounds of one (mode, target, connections): rates, latencies, CPU; errors summed."""
+    return {
+        "rps": round(statistics.median(r.rps for r in picked), 1),
+        "p50_ms": round(statistics.median(r.p50_ms for r in picked), 2),
+        "p99_ms": round(statistics.median(r.p99_ms for r in picked), 2),
+        "errors": sum(r.errors for r in picked),
+        "non_2xx": sum(r.non_2xx for r in picked),
+        "rounds": len(picked),
+        "cpu_us_per_req": {
+            n: round(statistics.median(r.cpu_us_per_req.get(n, 0.0) for r in picked), 1)
+            for n in picked[0].cpu_us_per_req
+        },
+    }
+
+
 def summarize(results: list[LoadResult], connections: list[int]) -> list[dict[str, Any]]:
     """Median over rounds per (target, connections, mode), with production/dev and production/literal ratios."""
     rows = []
@@ -340,18 +378,7 @@ def summarize(results: list[LoadResult], connections: list[int]) -> list[dict[st
                 picked = [r for r in results if (r.mode, r.target, r.connections) == (mode, target, conns)]
                 if not picked:
                     continue
-                row[mode] = {
-                    "rps": round(statistics.median(r.rps for r in picked), 1),
-                    "p50_ms": round(statistics.median(r.p50_ms for r in picked), 2),
-                    "p99_ms": round(statistics.median(r.p99_ms for r in picked), 2),
-                    "errors": sum(r.errors for r in picked),
-                    "non_2xx": sum(r.non_2xx for r in picked),
-                    "rounds": len(picked),
-                    "cpu_us_per_req": {
-                        n: round(statistics.median(r.cpu_us_per_req.get(n, 0.0) for r in picked), 1)
-                        for n in picked[0].cpu_us_per_req
-                    },
-                }
+                row[mode] = median_row(picked)
             for base, suffix in BASELINES.items():  # rps_ratio / p99_ratio: vs dev; *_literal: vs literal
                 if "prod" in row and base in row:
                     base_rps, base_p99 = row[base]["rps"], row[base]["p99_ms"]
@@ -600,18 +627,9 @@ class Bench:
     def measure(self, mode: str, target: str, conns: int, rnd: int) -> None:
         name, path = TARGETS[target]
         involved = {n: self.services[mode][n] for n in ("a", "b") if n == "a" or target == "chain"}
-        cpu_before = {n: group_cpu_seconds(svc) for n, svc in involved.items()}
-        raw = self.load(self.services[mode][name].url + path, conns, self.args.duration)
-        result = to_result(raw, mode, target, conns, rnd, self.generator)
-        if result.requests:
-            result.cpu_us_per_req = {
-                n: round((group_cpu_seconds(svc) - cpu_before[n]) / result.requests * 1e6, 1)
-                for n, svc in involved.items()
-            }
+        result = timed_load(self.load, self.services[mode][name].url + path, involved,
+                            (mode, target, conns, rnd), self.args.duration, self.generator)
         self.results.append(result)
-        print(f"  round {rnd} {mode:<7} {target:<5} c={conns:<3} {result.rps:>8.0f} req/s"
-              f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
-              f"  non-2xx {result.non_2xx}  CPU us/req {result.cpu_us_per_req}", flush=True)
         if result.successes <= 0:
             self.broken.append(f"{mode} {target} c={conns}: no successful request")
 
@@ -674,13 +692,13 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  during hang, {hang['mode']} B threads (all its processes): {threads}")
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
+def stop_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through Bench.run's finally: our services are stopped
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     begun = time.monotonic()
     wrk = None if args.python_load else ensure_wrk()
     if wrk is None and not args.python_load:
@@ -705,16 +723,26 @@ def main(argv: list[str] | None = None) -> int:
                  f" load avg {info['loadavg_1m']}")
         draw_chart(bench.results, args.connections, args.out / "latest.png", title)
     print(f"\nresults: {args.out / 'latest.json'}, {args.out / 'latest.png'} ({report['elapsed_s']} s)")
-    if bench.broken:
-        print("HARNESS BROKEN:\n  " + "\n  ".join(bench.broken), file=sys.stderr)
+    return harness_status(bench.broken, work)
+
+
+def harness_status(broken: list[str], work: Path) -> int:
+    """1 (and the logs in ``work`` kept) when the harness broke; 0 (and ``work`` removed) otherwise."""
+    if broken:
+        print("HARNESS BROKEN:\n  " + "\n  ".join(broken), file=sys.stderr)
         print(f"service logs kept in {work}", file=sys.stderr)
         return 1
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-if __name__ == "__main__":
+def run_main(main: Callable[[], int]) -> None:
+    """Exit with ``main()``'s status; 130 on Ctrl+C, after main's finally blocks stopped every service."""
     try:
         sys.exit(main())
-    except KeyboardInterrupt:  # Bench.run's finally block has already stopped every service
+    except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -32,8 +32,8 @@ class AdmissionSettings:
     """One service's admission policy (see the ``ADMISSION_*`` variables in echokit.settings)."""
 
     enabled: bool = True
-    initial_limit: int = 32
-    min_limit: int = 16
+    initial_limit: int = 64
+    min_limit: int = 64
     max_limit: int = 256
     queue_target_s: float = 0.1
     queue_interval_s: float = 0.2

@@ -187,5 +187,5 @@ def test_admission_settings_are_validated_and_capped_by_the_static_in_flight_cap
     capped = service_b_settings({"UPSTREAM_MAX_IN_FLIGHT": "10"}).admission
     assert (capped.min_limit, capped.initial_limit, capped.max_limit) == (10, 10, 10)
     defaults = service_b_settings({}).admission
-    assert (defaults.min_limit, defaults.initial_limit, defaults.max_limit) == (16, 32, 256)
+    assert (defaults.min_limit, defaults.initial_limit, defaults.max_limit) == (64, 64, 256)
     assert (defaults.queue_target_s, defaults.queue_interval_s, defaults.enabled) == (0.1, 0.2, True)
