@@ -28,7 +28,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import run as bench  # wrk and /proc statistics
-from tests.support.harness import ServiceProcess, start_service
+from tests.support.harness import ServiceProcess, launch, start_service
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,21 +94,9 @@ def free_ports(count: int) -> list[int]:
 
 
 def start_process(name: str, mode: str, command: list[str], log_dir: Path, port: int, env: dict[str, str],
-                  cwd: Path) -> Any:
+                  cwd: Path) -> ServiceProcess:
     """Start ``command`` in its own session, output to a log file, and wait for its /health."""
-    log_path = log_dir / f"{mode}-{name}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    service = ServiceProcess(name=name, mode=mode, port=port, proc=proc, log_path=log_path)
-    try:
-        service.wait_healthy()
-    except BaseException:
-        service.cleanup()
-        raise
-    return service
+    return launch(name, mode, command, port, env, log_dir / f"{mode}-{name}.log", cwd=cwd)
 
 
 def start_pair(mode: str, log_dir: Path, workers: int) -> dict[str, Any]:

@@ -22,7 +22,15 @@ import requests
 from tests.support.waiting import wait_until
 
 __all__ = [
-    "REPO", "Pair", "ServiceProcess", "free_port", "group_pids", "port_is_closed", "start_service", "wait_until",
+    "REPO",
+    "Pair",
+    "ServiceProcess",
+    "free_port",
+    "group_pids",
+    "launch",
+    "port_is_closed",
+    "start_service",
+    "wait_until",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,9 +213,26 @@ def start_service(
     else:
         raise ValueError(f"unknown mode {mode!r}")
     log_path = log_dir / f"service_{name}-{port}-{time.monotonic_ns()}.log"
+    return launch(name, mode, command, port, full_env, log_path, host=host, wait=wait)
+
+
+def launch(
+    name: str,
+    mode: str,
+    command: list[str],
+    port: int,
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    cwd: Path = REPO,
+    host: str = "127.0.0.1",
+    wait: bool = True,
+) -> ServiceProcess:
+    """Start ``command`` in its own session, its output in ``log_path``, and (``wait``) poll its /health."""
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            command, cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=cwd, env=dict(env), stdout=log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
         )
     service = ServiceProcess(name, mode, port, proc, log_path, host=host)
     if wait:
