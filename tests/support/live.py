@@ -5,13 +5,17 @@ B's client talks to these over real sockets, nothing is mocked; no process is st
 
 from __future__ import annotations
 
+import socketserver
 import threading
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-__all__ = ["LiveServer", "ScriptedA", "StartResponse", "WSGIApp"]
+__all__ = ["LiveServer", "ScriptedA", "StartResponse", "WSGIApp", "serving"]
+
+ServerT = TypeVar("ServerT", bound=socketserver.BaseServer)
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -24,6 +28,30 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def _serve_in_thread(server: socketserver.BaseServer) -> Callable[[], None]:
+    """Start ``server``'s serve loop in a daemon thread; the returned function stops and closes it."""
+    # A short poll interval keeps shutdown() (which waits for the serve loop) quick.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop
+
+
+@contextmanager
+def serving(server: ServerT) -> Iterator[ServerT]:
+    """Any socketserver (a WSGI server with another handler, a raw TCP one) served for the ``with`` block."""
+    stop = _serve_in_thread(server)
+    try:
+        yield server
+    finally:
+        stop()
+
+
 class LiveServer:
     """A WSGI app served over real HTTP on 127.0.0.1:<ephemeral port> in a background thread."""
 
@@ -32,20 +60,11 @@ class LiveServer:
             "127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler
         )
         self.port = self.server.server_port
-        # A short poll interval keeps shutdown() (which waits for the serve loop) quick.
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        )
-        self.thread.start()
+        self.close = _serve_in_thread(self.server)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 class ScriptedA:

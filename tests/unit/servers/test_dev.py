@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -10,19 +9,15 @@ from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from echokit.servers.dev import QuietRequestHandler
+from tests.support.live import serving
 from tests.support.raw import CLOSE, raw_request
 
 
 @pytest.fixture
 def dev_server(app_a: Flask) -> Iterator[BaseWSGIServer]:
     """Service A behind the dev server's handler, served in a thread (no process, no signal handlers)."""
-    server = make_server("127.0.0.1", 0, app_a, threaded=True, request_handler=QuietRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(make_server("127.0.0.1", 0, app_a, threaded=True, request_handler=QuietRequestHandler)) as server:
+        yield server
 
 
 def test_an_http_09_request_gets_a_json_400_with_a_status_line(dev_server: BaseWSGIServer) -> None:

@@ -15,6 +15,7 @@ import pytest
 from echokit.metrics import Metrics
 from echokit.settings import service_b_settings
 from echokit.upstream import BAD_RESPONSE, UNAVAILABLE, EchoClient, UpstreamError
+from tests.support.live import serving
 
 
 @pytest.fixture
@@ -71,13 +72,8 @@ class ResetFirstServer(socketserver.ThreadingTCPServer):
 
 @pytest.fixture
 def reset_first_server() -> Iterator[ResetFirstServer]:
-    server = ResetFirstServer()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(ResetFirstServer()) as server:
+        yield server
 
 
 def test_echo_returns_as_answer(make_client: Callable[..., EchoClient], service_a: Any) -> None:
