@@ -6,9 +6,10 @@ from OpenTelemetry is imported. Install it with ``pip install -r requirements-ot
 
 When on, ``instrument_app(app, service_name, settings)`` gives the process one SDK
 ``TracerProvider`` (resource ``service.name`` from ``OTEL_SERVICE_NAME``, else the service's name),
-instruments the Flask app with OpenTelemetry's own Flask instrumentation and, for Service B,
-urllib3 (``HTTPConnectionPool.urlopen``, which B's ``EchoClient`` calls), so W3C ``traceparent``
-goes B -> A and A's server span is a child of B's client span. Log lines get ``trace_id``
+instruments the Flask app with OpenTelemetry's own Flask instrumentation and, for Service B, sets
+:data:`outbound`: B's transport (:mod:`echokit.upstream.client`) then wraps each request to A in a
+client span and sends W3C ``traceparent`` in it, so A's server span is a child of B's client span.
+While tracing is off :data:`outbound` is None and the transport pays one test. Log lines get ``trace_id``
 through :data:`echokit.logs.trace_id_provider`. The sampler, batch settings and the OTLP
 endpoint are the SDK's own ``OTEL_*`` variables, which it reads itself.
 
@@ -19,24 +20,38 @@ processor's export thread) is created there, in the process that uses it.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
-
-from flask import Flask, request
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from echokit import logs
 from echokit.context import TRACE_ID_ENVIRON
 from echokit.settings import SettingsError, TracingSettings
 
 if TYPE_CHECKING:
+    from flask import Flask
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
-__all__ = ["current_trace_id", "instrument_app", "make_provider", "uninstrument", "use_provider"]
+__all__ = ["OutboundSpan", "current_trace_id", "instrument_app", "make_provider", "outbound", "uninstrument",
+           "use_provider"]
 
-# Services whose outbound HTTP client (urllib3) is instrumented.
+# Services whose outbound HTTP client (B's transport to A) makes client spans.
 CLIENT_SERVICES = frozenset({"service_b"})
 
+
+class OutboundSpan(Protocol):
+    """One outbound request's client span: ``headers`` to send (the propagation fields as complete
+    ``Name: value\r\n`` lines), then exactly one ``finish``."""
+
+    headers: bytes
+
+    def finish(self, status: int | None, error: BaseException | None = None) -> None: ...
+
+
+# Set while tracing is on (B only): ``outbound(url, host, port)`` starts a client span for a GET of
+# ``url``. None while tracing is off, so the transport's cost is one module attribute test.
+outbound: Callable[[str, str, int], OutboundSpan] | None = None
+
 _provider: TracerProvider | None = None  # this process's provider, made on first use
-_urllib3: Any = None  # the URLLib3Instrumentor, made on first use
 
 
 def instrument_app(app: Flask, service_name: str, settings: TracingSettings) -> None:
@@ -46,25 +61,54 @@ def instrument_app(app: Flask, service_name: str, settings: TracingSettings) -> 
     try:
         from opentelemetry import trace
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
-        from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
     except ImportError as exc:  # tracing asked for but not installed: say how to fix it, in one line
         raise SettingsError(
             f"OTEL_TRACES_EXPORTER is set but OpenTelemetry is not installed ({exc.name}): "
             "pip install -r requirements-otel.txt"
         ) from None
 
-    global _provider, _urllib3  # noqa: PLW0603 - one provider per process is the point
+    global _provider, outbound  # noqa: PLW0603 - one provider per process is the point
     if _provider is None:
         _provider = make_provider(service_name, settings)
         trace.set_tracer_provider(_provider)  # for any code that asks the global API for a tracer
     FlaskInstrumentor.instrument_app(app, tracer_provider=_provider)  # type: ignore[no-untyped-call]
     app.before_request(_remember_trace_id)
     if service_name in CLIENT_SERVICES:
-        if _urllib3 is None:
-            _urllib3 = URLLib3Instrumentor()
-        if not _urllib3.is_instrumented_by_opentelemetry:
-            _urllib3.instrument(tracer_provider=_provider)
+        outbound = _client_spans(_provider)
     logs.trace_id_provider = current_trace_id
+
+
+def _client_spans(provider: TracerProvider) -> Callable[[str, str, int], OutboundSpan]:
+    """The :data:`outbound` hook: client spans from ``provider``'s tracer, W3C context injected."""
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    tracer = provider.get_tracer("echokit.upstream")
+
+    class ClientSpan:
+        __slots__ = ("headers", "span")
+
+        def __init__(self, url: str, host: str, port: int) -> None:
+            # Parent: the current span (B's server span); the context sent to A names this span.
+            self.span = tracer.start_span("GET", kind=SpanKind.CLIENT, attributes={
+                "http.request.method": "GET", "url.full": url, "server.address": host, "server.port": port,
+            })
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier, context=trace.set_span_in_context(self.span))
+            self.headers = "".join(f"{k}: {v}\r\n" for k, v in carrier.items()).encode("latin-1")
+
+        def finish(self, status: int | None, error: BaseException | None = None) -> None:
+            span = self.span
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 400:
+                    span.set_status(Status(StatusCode.ERROR))
+            if error is not None:
+                span.set_attribute("error.type", type(error).__name__)
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+            span.end()
+
+    return ClientSpan
 
 
 def make_provider(service_name: str, settings: TracingSettings) -> TracerProvider:
@@ -108,13 +152,16 @@ def current_trace_id() -> str | None:
 
 
 def _remember_trace_id() -> None:
+    from flask import request
+
     # Runs after the Flask instrumentation's before_request started the server span. The access
     # line is written after that span ended, so it reads the id from here.
     request.environ[TRACE_ID_ENVIRON] = current_trace_id()
 
 
 def uninstrument(app: Flask | None = None) -> None:
-    """Undo :func:`instrument_app` for this process (tests): urllib3, the log hook, and ``app``."""
+    """Undo :func:`instrument_app` for this process (tests): client spans, the log hook, and ``app``."""
+    global outbound  # noqa: PLW0603
     if app is not None:
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
@@ -122,6 +169,5 @@ def uninstrument(app: Flask | None = None) -> None:
         funcs = app.before_request_funcs.get(None, [])
         if _remember_trace_id in funcs:
             funcs.remove(_remember_trace_id)
-    if _urllib3 is not None and _urllib3.is_instrumented_by_opentelemetry:
-        _urllib3.uninstrument()
+    outbound = None
     logs.trace_id_provider = None

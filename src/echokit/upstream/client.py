@@ -12,6 +12,7 @@ not attempts: a failure retried elsewhere is one replica's problem, not A's.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import queue
@@ -22,15 +23,8 @@ from time import perf_counter
 from typing import Any
 from urllib.parse import quote_plus
 
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ReadTimeoutError,
-)
-
-from echokit.context import REQUEST_ID_HEADER
+from echokit import tracing
+from echokit.context import REQUEST_ID_HEADER, accept_request_id
 from echokit.metrics import Metrics
 from echokit.resilience.breaker import BreakerConfig, CircuitBreaker, CircuitOpenError
 from echokit.resilience.bulkhead import Bulkhead
@@ -40,9 +34,17 @@ from echokit.resilience.retry import RetryBudget, RetryPolicy, run_with_retries
 from echokit.settings import MAX_REQUEST_LINE_BYTES, UpstreamSettings
 from echokit.upstream.balancer import make_balancer
 from echokit.upstream.discovery import Discovery, Resolver, Target, parse_targets, system_resolver
-from echokit.upstream.endpoints import AttemptTrace, Endpoint, EndpointSet
+from echokit.upstream.endpoints import Endpoint, EndpointSet
 from echokit.upstream.hedging import HedgePolicy
 from echokit.upstream.outlier import OutlierConfig
+from echokit.upstream.transport import (
+    AttemptTrace,
+    ConnectTimeoutError,
+    NewConnectionError,
+    ReadTimeoutError,
+    ResponseError,
+    TransportError,
+)
 
 UNAVAILABLE = "Service A unavailable"
 BAD_RESPONSE = "Invalid response from Service A"
@@ -51,6 +53,10 @@ RETRYABLE_STATUSES = frozenset({502, 503, 504})
 # Characters legal in a query value that need no escaping; '&', '=', '+', '#' and '%' are escaped.
 _QUERY_SAFE = "/:@!$'()*,;?~"
 MSG_TOO_LONG = "'msg' parameter too long"
+_TIMEOUT_NAME = TIMEOUT_HEADER.encode("ascii")
+_REQUEST_ID_NAME = REQUEST_ID_HEADER.encode("ascii")
+# len("GET  HTTP/1.1"): the request line around the base path and the query.
+_REQUEST_LINE_FRAME = len("GET  HTTP/1.1")
 # With no known address (names not resolving yet), re-resolve on demand at most this often.
 ON_DEMAND_RESOLVE_S = 1.0
 
@@ -97,8 +103,9 @@ class EchoClient:
         self.rng = rng
         self.targets = parse_targets(settings.urls)
         self.echo_url = f"{settings.urls[0]}/echo"
-        self._longest_path = max(len(t.path) for t in self.targets)
+        self._line_frame = _REQUEST_LINE_FRAME + max(len(t.path) for t in self.targets)
         self.bulkhead = Bulkhead(settings.max_in_flight)
+        self._by_outcome: dict[str, tuple[Any, Any]] = {}
         self.retry_budget = RetryBudget(
             settings.retry_budget_ratio, settings.retry_budget_min_retries, settings.retry_budget_window_s, clock
         )
@@ -174,8 +181,8 @@ class EchoClient:
         started = perf_counter()
         outcome = "success"
         try:
-            query = f"/echo?msg={quote_plus(msg, safe=_QUERY_SAFE)}"
-            line = len(f"GET {query} HTTP/1.1") + self._longest_path
+            query = "/echo?msg=" + quote_plus(msg, safe=_QUERY_SAFE)
+            line = len(query) + self._line_frame
             if line > MAX_REQUEST_LINE_BYTES:
                 # Percent-encoding can triple a msg: say so as a 414 instead of letting A's 414 become a 502.
                 raise UpstreamError(
@@ -201,8 +208,18 @@ class EchoClient:
             raise
         finally:
             if self.metrics is not None:
-                self.metrics.upstream.calls.labels(outcome).inc()
-                self.metrics.upstream.latency.labels(outcome).observe(perf_counter() - started)
+                counter, histogram = self._outcome_metrics(outcome)
+                counter.inc()
+                histogram.observe(perf_counter() - started)
+
+    def _outcome_metrics(self, outcome: str) -> tuple[Any, Any]:
+        """The call counter and latency histogram children for ``outcome``, looked up once each."""
+        children = self._by_outcome.get(outcome)
+        if children is None:
+            assert self.metrics is not None
+            up = self.metrics.upstream
+            children = self._by_outcome[outcome] = (up.calls.labels(outcome), up.latency.labels(outcome))
+        return children
 
     def _call(self, query: str, request_id: str | None) -> dict[str, str]:
         self.retry_budget.record_call()
@@ -350,73 +367,49 @@ class EchoClient:
         trace = AttemptTrace()
 
         def run() -> None:
-            with trace:
-                try:
-                    answer: dict[str, str] | UpstreamError = self._send_one(endpoint, call, attempt, trace)
-                except UpstreamError as exc:
-                    answer = exc
-                except BaseException as exc:  # a bug: report it as the attempt's failure, not a hang
-                    answer = UpstreamError("connection_error", f"Connection error: {exc!r}")
+            try:
+                answer: dict[str, str] | UpstreamError = self._send_one(endpoint, call, attempt, trace)
+            except UpstreamError as exc:
+                answer = exc
+            except BaseException as exc:  # a bug: report it as the attempt's failure, not a hang
+                answer = UpstreamError("connection_error", f"Connection error: {exc!r}")
             answers.put((trace, answer))
 
-        threading.Thread(target=run, name="echokit-hedge" if hedge else "echokit-attempt", daemon=True).start()
+        # In the request's context, so the attempt's log line and client span carry its ids.
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(run,), name="echokit-hedge" if hedge else "echokit-attempt",
+                         daemon=True).start()
         return trace
 
     def _send_one(
         self, endpoint: Endpoint, call: _Call, attempt: int, trace: AttemptTrace | None = None
     ) -> dict[str, str]:
         """One attempt on ``endpoint``: exactly one ``record`` (or ``release``) for it, one log line."""
-        deadline = call.deadline
-        remaining = deadline.remaining()
-        url = f"{endpoint.url}/echo"
-        # total= makes the read timeout what is left after connecting: without it a slow connect
-        # (a busy A's full accept queue) plus a full read timeout would outlast the deadline.
-        timeout = urllib3.Timeout(
-            total=remaining, connect=min(self.settings.connect_timeout_s, remaining), read=remaining
-        )
-        headers = {TIMEOUT_HEADER: deadline.header_ms(), "Host": endpoint.host_header}
-        if call.request_id:
-            headers[REQUEST_ID_HEADER] = call.request_id
-        own_trace = trace is None
-        if trace is None:
-            trace = AttemptTrace()
-            trace.__enter__()
+        remaining = call.deadline.remaining()
+        connect_s = min(self.settings.connect_timeout_s, remaining)
+        headers = b"%s: %d\r\n%s" % (_TIMEOUT_NAME, int(remaining * 1000), call.id_header)
+        span = tracing.outbound(endpoint.echo_url, endpoint.address.ip, endpoint.address.port) \
+            if tracing.outbound is not None else None
+        if span is not None:
+            headers += span.headers
         sent = perf_counter()
         try:
-            response = endpoint.pool.urlopen(
-                "GET", endpoint.path + call.query, headers=headers, timeout=timeout, retries=False,
-                redirect=False, preload_content=True, release_conn=True,
-            )
-        except (HTTPError, OSError) as exc:
-            if trace.abandoned:  # lost a hedge race: slower than another endpoint's whole answer
+            status, body = endpoint.pool.request(call.query, headers, connect_s, remaining, trace)
+        except TransportError as exc:
+            if span is not None:
+                span.finish(None, exc)
+            if trace is not None and trace.abandoned:  # lost a hedge race: slower than another's whole answer
                 self.endpoints.record(endpoint, "abandoned", perf_counter() - sent, "losing a hedge race")
                 raise UpstreamError("connection_error", "abandoned: another attempt answered first") from None
-            raise self._transport_error(endpoint, url, remaining, attempt, sent, exc, trace, call) from None
-        finally:
-            if own_trace:
-                trace.__exit__()
+            raise self._transport_error(endpoint, remaining, attempt, sent, exc, call) from None
+        if span is not None:
+            span.finish(status)
         elapsed = perf_counter() - sent
-        if response.status == 504:
-            # A gives up at the deadline B sent it (X-Request-Timeout-Ms) with a 504, at the same moment
-            # B's read would time out: report both the same way. Still retryable (a 504 from a proxy may
-            # come early); the retry loop never retries past the deadline.
-            raise self._failed(endpoint, url, remaining, attempt, sent, UpstreamError(
-                "timeout", f"Timeout: Service A did not answer within {self.settings.timeout_s:g}s", retryable=True,
-            ))
-        if response.status != 200:
-            retryable = response.status in RETRYABLE_STATUSES
-            error = UpstreamError(
-                "bad_status",
-                f"Service A answered HTTP {response.status}",
-                retryable=retryable,
-            ) if response.status >= 500 else UpstreamError(
-                "bad_response", f"Service A answered HTTP {response.status}", status=502, error=BAD_RESPONSE,
-                counts_against_a=False,
-            )
-            raise self._failed(endpoint, url, remaining, attempt, sent, error)
-        echo = _parse_echo(response.data)
+        if status != 200:
+            raise self._failed(endpoint, remaining, attempt, sent, self._status_error(status))
+        echo = _parse_echo(body)
         if echo is None:
-            raise self._failed(endpoint, url, remaining, attempt, sent, UpstreamError(
+            raise self._failed(endpoint, remaining, attempt, sent, UpstreamError(
                 "bad_response", "Service A's body is not the expected {\"echo\": ...} JSON",
                 status=502, error=BAD_RESPONSE,
             ))
@@ -425,37 +418,52 @@ class EchoClient:
             self.hedge.observe_success(elapsed)
         self.logger.info(
             "outbound GET %s timeout=%.2fs attempt=%d -> 200 success in %.2fms",
-            url, remaining, attempt, elapsed * 1000,
+            endpoint.echo_url, remaining, attempt, elapsed * 1000,
         )
         return echo
 
+    def _status_error(self, status: int) -> UpstreamError:
+        if status == 504:
+            # A gives up at the deadline B sent it (X-Request-Timeout-Ms) with a 504, at the same moment
+            # B's read would time out: report both the same way. Still retryable (a 504 from a proxy may
+            # come early); the retry loop never retries past the deadline.
+            return UpstreamError(
+                "timeout", f"Timeout: Service A did not answer within {self.settings.timeout_s:g}s", retryable=True,
+            )
+        if status >= 500:
+            return UpstreamError("bad_status", f"Service A answered HTTP {status}",
+                                 retryable=status in RETRYABLE_STATUSES)
+        return UpstreamError("bad_response", f"Service A answered HTTP {status}", status=502, error=BAD_RESPONSE,
+                             counts_against_a=False)
+
     def _transport_error(
-        self, endpoint: Endpoint, url: str, remaining: float, attempt: int, sent: float, exc: BaseException,
-        trace: AttemptTrace, call: _Call,
+        self, endpoint: Endpoint, remaining: float, attempt: int, sent: float, exc: TransportError, call: _Call,
     ) -> UpstreamError:
         if isinstance(exc, ReadTimeoutError):
             error = UpstreamError("timeout", f"Timeout: Service A did not answer within {self.settings.timeout_s:g}s")
-        elif isinstance(exc, NewConnectionError):  # before ConnectTimeoutError: urllib3 makes it a subclass
+        elif isinstance(exc, NewConnectionError):
             error = self._connection_error(exc, immediate=True, call=call)
         elif isinstance(exc, ConnectTimeoutError):
             timeout_s = min(self.settings.connect_timeout_s, remaining)
             error = UpstreamError(
                 "timeout", f"Timeout: could not connect to Service A within {timeout_s:.3g}s", retryable=True,
             )
-        else:  # ProtocolError and other transport errors: reset, closed, aborted
-            error = self._connection_error(exc, immediate=not trace.sent, call=call)
+        elif isinstance(exc, ResponseError):  # not HTTP, or over the size caps: A is broken, not busy
+            error = UpstreamError("bad_response", f"Invalid HTTP response from Service A: {exc}", status=502,
+                                  error=BAD_RESPONSE)
+        else:  # ProtocolError: reset, closed, aborted
+            error = self._connection_error(exc, immediate=not exc.sent, call=call)
         # The log line names a timeout as "timeout" and a connection error by its exception type.
         cause = None if error.outcome == "timeout" else exc
-        return self._failed(endpoint, url, remaining, attempt, sent, error, cause)
+        return self._failed(endpoint, remaining, attempt, sent, error, cause)
 
     def _connection_error(self, exc: BaseException, *, immediate: bool, call: _Call) -> UpstreamError:
         # Nothing reached A: another endpoint can be asked at once, without backoff.
         others = immediate and self.endpoints.usable_count(call.tried) > 0
-        return UpstreamError("connection_error", f"Connection error: {_reason(exc)}", retryable=True,
-                             immediate=others)
+        return UpstreamError("connection_error", f"Connection error: {exc}", retryable=True, immediate=others)
 
     def _failed(
-        self, endpoint: Endpoint, url: str, timeout_s: float, attempt: int, sent: float, error: UpstreamError,
+        self, endpoint: Endpoint, timeout_s: float, attempt: int, sent: float, error: UpstreamError,
         exc: BaseException | None = None,
     ) -> UpstreamError:
         elapsed = perf_counter() - sent
@@ -463,7 +471,7 @@ class EchoClient:
         self.endpoints.record(endpoint, error.outcome, elapsed, error.details)
         self.logger.warning(
             "outbound GET %s timeout=%.2fs attempt=%d -> failed %s after %.2fms: %s",
-            url, timeout_s, attempt, kind, elapsed * 1000, error.details,
+            endpoint.echo_url, timeout_s, attempt, kind, elapsed * 1000, error.details,
         )
         return error
 
@@ -500,27 +508,21 @@ class EchoClient:
 
 
 class _Call:
-    """One call's state across its attempts: the query, its deadline, the endpoints tried and a
-    failure the breaker has not been told about yet (``pending``: details, was-probe)."""
+    """One call's state across its attempts: the query, its deadline, the request id's header line,
+    the endpoints tried and a failure the breaker has not been told about yet (``pending``:
+    details, was-probe)."""
 
-    __slots__ = ("deadline", "pending", "query", "request_id", "tried")
+    __slots__ = ("deadline", "id_header", "pending", "query", "tried")
 
     def __init__(self, query: str, deadline: Deadline, request_id: str | None) -> None:
         self.query = query
         self.deadline = deadline
-        self.request_id = request_id
+        # A well-formed id is sent as it is; anything else (this is a public API) is replaced, never
+        # written into the request: it could split the header.
+        self.id_header = b"" if not request_id else b"%s: %s\r\n" % (
+            _REQUEST_ID_NAME, accept_request_id(request_id).encode("ascii"))
         self.tried: set[str] = set()
         self.pending: tuple[str, bool] | None = None
-
-
-def _reason(exc: BaseException) -> str:
-    """The useful part of a urllib3 error: 'Connection refused', not the pool's repr."""
-    reason = getattr(exc, "reason", None) or (exc.args[1] if len(exc.args) > 1 else None) or exc
-    text = str(reason)
-    marker = ": Failed to establish a new connection: "
-    if marker in text:
-        text = "Failed to establish a new connection: " + text.split(marker, 1)[1]
-    return text
 
 
 def _parse_echo(body: bytes) -> dict[str, str] | None:

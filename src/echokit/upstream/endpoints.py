@@ -13,13 +13,11 @@ import threading
 from collections.abc import Collection, Sequence
 from typing import Any
 
-import urllib3
-from urllib3.connection import HTTPConnection
-
 from echokit.resilience.clock import Clock
 from echokit.upstream.balancer import DEFAULT_RTT_S, Balancer, PeakEwma
 from echokit.upstream.discovery import Address
 from echokit.upstream.outlier import EJECTED, OutlierConfig, OutlierTracker
+from echokit.upstream.transport import ConnectionPool
 
 # Attempt outcomes per endpoint (the agreed metric labels) and those that count toward ejection.
 # "abandoned" (lost a hedge race) is counted as a timeout and toward ejection: an endpoint that
@@ -27,82 +25,6 @@ from echokit.upstream.outlier import EJECTED, OutlierConfig, OutlierTracker
 ENDPOINT_OUTCOMES = ("success", "timeout", "connection_error", "bad_status", "bad_response")
 FAILURES = frozenset({"timeout", "connection_error", "bad_status", "abandoned"})
 FAILURE_PENALTY_S = 0.1
-
-# The attempt running in this thread (greenlet, under gevent): the connection it uses and whether
-# its request was completely written, so a hedge can drop it and a retry can go at once.
-_current = threading.local()
-
-
-class AttemptTrace:
-    """What one attempt's connection did: set by :class:`TracedConnection`, read by the client.
-
-    :class:`TracedPool` calls ``finish()`` as the connection goes back to the pool, so ``abandon()``
-    can never shut down a connection that another call may take next.
-    """
-
-    __slots__ = ("_lock", "abandoned", "conn", "finished", "sent")
-
-    def __init__(self) -> None:
-        self.conn: HTTPConnection | None = None
-        self.sent = False
-        self.abandoned = False
-        self.finished = False
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> AttemptTrace:
-        _current.trace = self
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _current.trace = None
-
-    def finish(self) -> bool:
-        """The answer is in: from now on ``abandon`` leaves the connection alone. True if the
-        attempt was abandoned meanwhile (its connection must then be closed, not reused)."""
-        with self._lock:
-            self.finished = True
-            return self.abandoned
-
-    def abandon(self) -> None:
-        """Drop this attempt's connection (it lost a hedge race): its thread's read fails at once."""
-        with self._lock:
-            self.abandoned = True
-            if self.finished:
-                return
-            conn = self.conn
-            sock = getattr(conn, "sock", None) if conn is not None else None
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(2)  # SHUT_RDWR: wakes the blocked reader; urllib3 then discards the conn
-
-
-class TracedConnection(HTTPConnection):
-    """urllib3's connection, telling the running attempt which connection it uses and when the
-    request is on the wire."""
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        trace: AttemptTrace | None = getattr(_current, "trace", None)
-        if trace is not None:
-            trace.conn = self
-            if trace.abandoned:
-                raise ConnectionAbortedError("attempt abandoned: another attempt answered first")
-        super().request(*args, **kwargs)
-        if trace is not None:
-            trace.sent = True
-
-
-class TracedPool(urllib3.HTTPConnectionPool):
-    """urllib3's pool, ending the running attempt's hold on a connection as it is put back (and
-    closing it instead if the attempt was abandoned meanwhile)."""
-
-    ConnectionCls = TracedConnection
-
-    def _put_conn(self, conn: Any) -> None:
-        trace: AttemptTrace | None = getattr(_current, "trace", None)
-        ours = trace is not None and conn is not None and trace.conn is conn
-        if ours and trace is not None and trace.finish():
-            conn.close()  # lost a hedge race: dropped, never reused
-        super()._put_conn(conn)
 
 
 class Endpoint:
@@ -115,12 +37,9 @@ class Endpoint:
         self.path = address.target.path
         self.host_header = address.target.host_header
         self.url = f"http://{self.key}{self.path}"
-        self.pool = TracedPool(
-            address.ip, address.port,
-            maxsize=pool_size,
-            block=False,  # never queue for a connection: the bulkhead already bounds concurrency
-            retries=False,
-        )
+        self.echo_url = f"{self.url}/echo"  # as the outbound log line names it
+        # Never queues for a connection: the bulkhead already bounds concurrency.
+        self.pool = ConnectionPool(address.ip, address.port, pool_size, self.host_header, self.path)
         self.latency = PeakEwma(clock, initial_rtt_s)
         self.outlier = OutlierTracker(outlier)
         self.in_flight = 0
