@@ -8,13 +8,14 @@ Every figure is microseconds of this process's CPU (user + system) per operation
 5 repetitions (bench/micro.py's ``cpu_us``), measured with the project's own code: the server
 (gunicorn's parser and response writer), Flask (B's app with a stub client and no middleware),
 the middleware (request id, metrics, access log), the upstream call against a real Service A
-under gunicorn (pool checkout, request, response parsing) and the resilience wrappers. Then B's
+under gunicorn (echokit's own transport: pool checkout, request, response parsing; http.client
+alone as a reference) and the resilience wrappers. Then B's
 whole per-request CPU under load (gunicorn, one worker, wrk -c16) gives the remainder no
 in-process figure covers: the gevent hub, socket syscalls, scheduling.
 
 ``--py-spy`` samples that B worker with py-spy (``py-spy record --format raw --nonblocking``)
 while wrk loads it, and prints the share of non-idle samples that have a frame in each part
-(inclusive: a urllib3 frame above an ``email`` frame counts for both). JSON: bench/results/layers.json;
+(inclusive: a transport frame under an upstream client frame counts for both). JSON: bench/results/layers.json;
 py-spy's raw stacks: bench/results/layers-pyspy.tmp (git-ignored).
 """
 
@@ -49,19 +50,16 @@ PROFILE_INCLUSIVE = (
     ("gunicorn worker: everything it runs (request parsing, the app, response writing)", ("gunicorn/",)),
     ("Flask + Werkzeug: everything under them (the app)", ("flask/", "werkzeug/")),
     ("echokit upstream client: all of B's call to A", ("echokit/upstream",)),
-    ("urllib3: pool, connection, response (incl. http.client and sockets under it)", ("urllib3/",)),
-    ("urllib3 liveness poll() of each reused connection", ("urllib3/util/wait.py",)),
-    ("http.client: request, status line, headers", ("http/client.py",)),
-    ("email-based header parsing (under http.client)", ("email/",)),
+    ("echokit transport: pool, request, response parsing (incl. sockets under it)", ("echokit/upstream/transport.py",)),
     ("logging: stdlib logging + echokit.logs (access + outbound lines)", ("logging/", "echokit/logs.py")),
     ("prometheus_client: metrics updates", ("prometheus_client/",)),
-    ("tenacity: Retrying built per call + its loop", ("tenacity/",)),
+    ("echokit resilience: retry loop, breaker, bulkhead, budget, deadline", ("echokit/resilience/",)),
     ("json: encode + decode", ("json/",)),
 )
 # --py-spy, self: each sample goes to the package of its innermost frame
 SELF_PACKAGES = (
-    "gevent/", "gunicorn/", "flask/", "werkzeug/", "urllib3/", "http/", "email/", "logging/", "prometheus_client/",
-    "tenacity/", "json/", "echokit/", "service_b/", "socket.py", "threading.py", "urllib/",
+    "gevent/", "gunicorn/", "flask/", "werkzeug/", "http/", "email/", "logging/", "prometheus_client/",
+    "json/", "echokit/", "service_b/", "socket.py", "threading.py", "urllib/",
 )
 
 Row = tuple[str, str, float]  # (layer, what, CPU microseconds per request)
@@ -187,10 +185,6 @@ def app_rows(a_url: str, n: int, log_dir: Path) -> tuple[list[Row], float]:
 
 def upstream_rows(a_url: str, a_port: int, n: int, log_dir: Path) -> list[Row]:
     """B's call to A, piece by piece, against a real Service A."""
-    import tenacity
-    import urllib3
-    from urllib3.util.wait import wait_for_read
-
     from echokit.logs import configure_logging
     from echokit.resilience.bulkhead import Bulkhead
     from echokit.resilience.clock import SYSTEM_CLOCK
@@ -198,6 +192,7 @@ def upstream_rows(a_url: str, a_port: int, n: int, log_dir: Path) -> list[Row]:
     from echokit.resilience.retry import RetryBudget, RetryPolicy, run_with_retries
     from echokit.settings import service_b_settings
     from echokit.upstream import EchoClient
+    from echokit.upstream.transport import ConnectionPool, _parse_head
 
     real_stderr = sys.stderr
     rows: list[Row] = []
@@ -209,26 +204,15 @@ def upstream_rows(a_url: str, a_port: int, n: int, log_dir: Path) -> list[Row]:
             client = EchoClient(service_b_settings({"SERVICE_A_URL": a_url}).upstream, logger=logger)
             client_quiet = EchoClient(service_b_settings({"SERVICE_A_URL": a_url}).upstream, logger=quiet)
             # A closes idle keep-alive connections after 5 s: these are opened just before they are timed.
-            pool = urllib3.HTTPConnectionPool("127.0.0.1", a_port, maxsize=4, retries=False)
+            pool = ConnectionPool("127.0.0.1", a_port, 4, f"127.0.0.1:{a_port}", "")
             raw = http.client.HTTPConnection("127.0.0.1", a_port)
-            head = b"HTTP/1.1 200 OK\r\n"
 
             def plain() -> None:
                 raw.request("GET", "/echo?msg=hello", headers={"X-Request-Timeout-Ms": "2000"})
                 raw.getresponse().read()
 
-            def checkout() -> None:
-                pool._put_conn(pool._get_conn())
-
-            def liveness() -> None:
-                conn = pool._get_conn()
-                wait_for_read(conn.sock, timeout=0.0)  # type: ignore[attr-defined]
-                pool._put_conn(conn)
-
-            def headers() -> None:
-                fp = io.BytesIO(head)
-                fp.readline()
-                http.client.parse_headers(fp)
+            def transport() -> None:
+                pool.request("/echo?msg=hello", b"X-Request-Timeout-Ms: 2000\r\n", 0.5, 2.0)
 
             budget = RetryBudget(0.2, 3, 10.0, SYSTEM_CLOCK)
             policy = RetryPolicy(3, 0.025, 0.25)  # the RETRY_* defaults
@@ -241,12 +225,6 @@ def upstream_rows(a_url: str, a_port: int, n: int, log_dir: Path) -> list[Row]:
                     is_retryable=lambda exc: False,
                 )
 
-            def retrying_object() -> object:
-                return tenacity.Retrying(
-                    stop=tenacity.stop_any(tenacity.stop_after_attempt(3), tenacity.stop_never),
-                    wait=lambda state: 0.0, retry=tenacity.retry_if_exception(lambda exc: False), reraise=True,
-                )
-
             def breaker_pair() -> None:
                 breaker.record_success(probe=breaker.before_call())
 
@@ -256,8 +234,7 @@ def upstream_rows(a_url: str, a_port: int, n: int, log_dir: Path) -> list[Row]:
 
             def deadline() -> None:
                 d = Deadline(2.0, SYSTEM_CLOCK)
-                d.header_ms()
-                urllib3.Timeout(total=d.remaining(), connect=0.5, read=d.remaining())
+                b"X-Request-Timeout-Ms: %d\r\n" % int(d.remaining() * 1000)
 
             def outbound_line() -> None:
                 logger.info("outbound GET %s timeout=%.2fs attempt=%d -> 200 success in %.2fms",
@@ -268,32 +245,25 @@ def upstream_rows(a_url: str, a_port: int, n: int, log_dir: Path) -> list[Row]:
             raw.request("GET", "/echo?msg=hello")
             probe = raw.getresponse()
             probe.read()
-            head += "".join(f"{k}: {v}\r\n" for k, v in probe.getheaders()).encode() + b"\r\n"
+            head = ("HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in probe.getheaders())).encode()[:-2]
             keepalive = micro.cpu_us(plain, n)
-            pooled = micro.cpu_us(lambda: pool.urlopen("GET", "/echo?msg=hello", retries=False).data, n)
-            pool_checkout = micro.cpu_us(checkout, n)
-            pool_liveness = micro.cpu_us(liveness, n)
+            own_transport = micro.cpu_us(transport, n)
             rows += [
                 ("upstream", "EchoClient.echo, whole (outbound log line at INFO)", whole),
                 ("upstream", "  outbound log line (text format, INFO, to a file)", micro.cpu_us(outbound_line, n)),
-                ("upstream", "  http.client alone: send request, read status + headers + body (keep-alive)",
-                 keepalive),
-                ("upstream", "  urllib3 on top of http.client (pool, response object, by difference)",
-                 pooled - keepalive),
-                ("upstream", "    pool checkout + return (incl. the liveness poll)", pool_checkout),
-                ("upstream", "    the liveness poll() alone (checkout, poll, return) minus checkout",
-                 pool_liveness - pool_checkout),
-                ("upstream", "    response header parsing (http.client.parse_headers, email-based)",
-                 micro.cpu_us(headers, n)),
+                ("upstream", "  echokit transport: pool checkout, send request, read + parse response (keep-alive)",
+                 own_transport),
+                ("upstream", "    response head parsing (status line + headers of A's real answer)",
+                 micro.cpu_us(lambda: _parse_head(head), n)),
+                ("upstream", "  (reference) http.client alone, same request (keep-alive)", keepalive),
                 ("upstream", "  JSON decode of A's body", micro.cpu_us(lambda: json.loads(b'{"echo":"hello"}'), n)),
-                ("upstream", "  the client's own code (whole, quiet, minus urllib3)", whole_quiet - pooled),
+                ("upstream", "  the client's own code (whole, quiet, minus the transport)",
+                 whole_quiet - own_transport),
                 ("resilience", "run_with_retries around a call that succeeds", micro.cpu_us(retried, n)),
-                ("resilience", "  of which: building a tenacity.Retrying (today once per call)",
-                 micro.cpu_us(retrying_object, n)),
                 ("resilience", "circuit breaker: before_call + record_success", micro.cpu_us(breaker_pair, n)),
                 ("resilience", "bulkhead: try_enter + leave", micro.cpu_us(bulkhead_pair, n)),
                 ("resilience", "retry budget: record_call", micro.cpu_us(budget.record_call, n)),
-                ("resilience", "deadline + X-Request-Timeout-Ms header + urllib3.Timeout", micro.cpu_us(deadline, n)),
+                ("resilience", "deadline + X-Request-Timeout-Ms header line", micro.cpu_us(deadline, n)),
             ]
             rows += gevent_rows(n)
             for item in (client, client_quiet, pool, raw):
@@ -323,7 +293,7 @@ def gevent_rows(n: int) -> list[Row]:
         return pair
 
     return [
-        ("under gevent", "threading.local() (tenacity.Retrying makes one per call): stdlib", micro.cpu_us(
+        ("under gevent", "threading.local() (a tenacity.Retrying per call made one, before): stdlib", micro.cpu_us(
             threading.local, n)),
         ("under gevent", "  the same, monkey-patched: gevent.local.local()", micro.cpu_us(gevent.local.local, n)),
         ("under gevent", "Lock acquire + release (metrics, logging, breaker, bulkhead, budget): stdlib",
