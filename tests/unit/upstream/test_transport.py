@@ -108,7 +108,8 @@ def get(pool: ConnectionPool, timeout_s: float = 2.0) -> tuple[int, bytes]:
 def test_a_plain_head_parses_to_status_keep_alive_and_length():
     """HTTP/1.1 keeps the connection by default; HTTP/1.0 and Connection: close do not."""
     assert _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5") == (200, True, 5, False)
-    assert _parse_head(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 2")[:2] == (503, False)
+    closing = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 2"
+    assert _parse_head(closing)[:2] == (503, False)
     assert _parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 5")[:2] == (200, False)
     assert _parse_head(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 5")[:2] == (200, True)
     assert _parse_head(b"HTTP/1.1 200\r\ntransfer-encoding: chunked") == (200, True, None, True)
