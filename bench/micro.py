@@ -172,7 +172,7 @@ def client_costs(a_url: str, a_port: int) -> dict[str, float]:
     costs = {
         "client: http.client keep-alive": cpu_us(plain, 1000),
         "client: urllib3 pool keep-alive": cpu_us(lambda: pool.urlopen("GET", "/echo?msg=hello").data, 1000),
-        "client: EchoClient.echo (urllib3 + deadline, retry, breaker, bulkhead)": cpu_us(
+        "client: EchoClient.echo (own transport + deadline, retry, breaker, bulkhead)": cpu_us(
             lambda: client.echo("hello"), 1000
         ),
         "client: requests.Session keep-alive": cpu_us(lambda: session.get(f"{a_url}/echo?msg=hello").content, 1000),
