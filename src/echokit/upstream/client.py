@@ -240,11 +240,11 @@ class EchoClient:
                 policy=self.retry_policy,
                 deadline=deadline,
                 budget=self.retry_budget,
-                is_retryable=lambda exc: isinstance(exc, UpstreamError) and exc.retryable,
+                is_retryable=_retryable,
                 rng=self.rng,
                 on_retry=retrying,
                 on_denied=self._retry_denied,
-                no_backoff=lambda exc: isinstance(exc, UpstreamError) and exc.immediate,
+                no_backoff=_immediate,
             )
         finally:
             if call.pending is not None:  # the failure that ended the call: now it is A's
@@ -523,6 +523,14 @@ class _Call:
             _REQUEST_ID_NAME, accept_request_id(request_id).encode("ascii"))
         self.tried: set[str] = set()
         self.pending: tuple[str, bool] | None = None
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, UpstreamError) and exc.retryable
+
+
+def _immediate(exc: BaseException) -> bool:
+    return isinstance(exc, UpstreamError) and exc.immediate
 
 
 def _parse_echo(body: bytes) -> dict[str, str] | None:
