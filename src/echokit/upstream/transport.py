@@ -229,7 +229,11 @@ class ConnectionPool:
             raise ReadTimeoutError("no time left to send the request")
         try:
             sock.settimeout(left)
-            sock.sendall(data)
+            # One send() nearly always takes the whole (small) request; gevent's sendall() costs
+            # ~6 µs more per call in bookkeeping, so it only finishes what send() left.
+            written = sock.send(data)
+            if written < len(data):
+                sock.sendall(memoryview(data)[written:])
         except TimeoutError:
             raise ReadTimeoutError("timed out sending the request") from None
         except OSError as exc:
