@@ -156,7 +156,9 @@ class ConnectionPool:
         self.family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         self.maxsize = maxsize
         self.pool = IdleConnections()
-        self._idle = self.pool.queue  # list append/pop are atomic: no lock on the hot path
+        # list append/pop are atomic: no lock on the hot path (racing returns may pass maxsize by one
+        # or two for a moment; the bulkhead bounds connections in use anyway).
+        self._idle = self.pool.queue
         self._closed = False
         self._prefix = b"GET " + base_path.encode("ascii")
         self._head = b" HTTP/1.1\r\nHost: " + host_header.encode("ascii") + b"\r\nAccept-Encoding: identity\r\n"
@@ -203,7 +205,12 @@ class ConnectionPool:
         return status, body
 
     def _connect(self, timeout_s: float) -> Connection:
-        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        if timeout_s <= 0:  # a zero timeout would make connect() non-blocking, not instant failure
+            raise ConnectTimeoutError("no time left to connect")
+        try:
+            sock = socket.socket(self.family, socket.SOCK_STREAM)  # may fail too: out of file descriptors
+        except OSError as exc:
+            raise NewConnectionError(f"Failed to establish a new connection: {exc}") from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(timeout_s)
