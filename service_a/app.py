@@ -24,13 +24,15 @@ def create_app(settings: ServiceASettings | None = None) -> Flask:
     faults = FaultInjector(settings.faults, logger=logger)
     if faults.enabled:
         logger.warning("fault injection ON: %s", settings.faults)
+    max_msg_bytes = settings.server.max_msg_bytes
 
     @app.get("/echo")
     def echo() -> Response:
         """``{"echo": msg}``; a missing or empty ``msg`` echoes ``""``."""
-        msg = request_msg()
+        environ = request.environ  # one look-up through Flask's context-local proxy
+        msg = request_msg(environ, max_msg_bytes)
         try:
-            budget_s = parse_timeout_header(request.environ.get(TIMEOUT_ENVIRON))
+            budget_s = parse_timeout_header(environ.get(TIMEOUT_ENVIRON))
         except ValueError as exc:
             return error_response(400, f"Invalid {TIMEOUT_HEADER} header", str(exc))
         if budget_s is not None:
