@@ -58,13 +58,20 @@ class AdmissionMetrics:
             "admission_in_flight", "Admitted requests in flight (sum over worker processes).",
             registry=registry, multiprocess_mode="livesum",
         )
+        # The values last written: the controller reports both on every enter and release, and
+        # the limit seldom moves; each write is a locked write to the multiprocess file.
+        self._written: tuple[int | None, int | None] = (None, None)
 
     def count_shed(self, reason: str) -> None:
         self._shed_children[reason].inc()
 
     def set_state(self, limit: int, in_flight: int) -> None:
-        self.limit.set(limit)
-        self.in_flight.set(in_flight)
+        written_limit, written_in_flight = self._written
+        if limit != written_limit:
+            self.limit.set(limit)
+        if in_flight != written_in_flight:
+            self.in_flight.set(in_flight)
+        self._written = (limit, in_flight)
 
 
 def build_controller(
