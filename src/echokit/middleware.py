@@ -19,6 +19,7 @@ from echokit.context import (
     current_request_id,
 )
 from echokit.lifecycle import Lifecycle
+from echokit.logs import access_logger
 from echokit.metrics import Metrics
 from echokit.probes import PROBE_PATHS
 
@@ -29,7 +30,6 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # the method did not) and by the admission gate for a request it refuses.
 ROUTE_ENVIRON = "echokit.route"
 UNMATCHED_ROUTE = "unmatched"
-ACCESS_FORMAT = "%s %s %d %.2fms"
 
 
 class ObservedApp:
@@ -39,13 +39,14 @@ class ObservedApp:
     and the body that counts as in flight until it is sent); everything else is made once here.
     """
 
-    __slots__ = ("app", "in_flight", "lifecycle", "logger", "metrics", "unlogged")
+    __slots__ = ("access", "app", "in_flight", "lifecycle", "logger", "metrics", "unlogged")
 
     def __init__(
         self, app: WSGIApp, logger: logging.Logger, lifecycle: Lifecycle, metrics: Metrics, log_probes: bool
     ) -> None:
         self.app = app
         self.logger = logger
+        self.access = access_logger(logger)
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.in_flight = metrics.in_flight
@@ -74,15 +75,8 @@ class ObservedApp:
             if path not in self.unlogged:
                 if not path.isascii():  # WSGI hands the path over as latin-1; show it as the UTF-8 it was
                     path = path.encode("latin-1").decode("utf-8", "replace")
-                latency_ms = round(elapsed * 1000, 2)
-                self.logger.info(
-                    ACCESS_FORMAT, method, path, status, latency_ms,
-                    extra={
-                        "method": method, "path": path, "status": status, "latency_ms": latency_ms,
-                        # The request's span has ended by now; echokit.tracing kept its trace id here.
-                        "trace_id": environ.get(TRACE_ID_ENVIRON),
-                    },
-                )
+                # The request's span has ended by now; echokit.tracing kept its trace id in the environ.
+                self.access(method, path, status, round(elapsed * 1000, 2), environ.get(TRACE_ID_ENVIRON))
             current_request_id.reset(token)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from echokit import logs
 from echokit.context import current_request_id
-from echokit.logs import ServiceLogger, configure_logging
+from echokit.logs import ACCESS_FORMAT, ServiceLogger, configure_logging
 
 CASES: list[tuple[str, tuple[object, ...], dict[str, object] | None]] = [
     ("%s %s %d %.2fms", ("GET", "/echo", 200, 1.234), {"method": "GET", "path": "/echo", "status": 200,
@@ -97,3 +97,36 @@ def test_the_timestamp_follows_the_clock_across_seconds(monkeypatch: pytest.Monk
         record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
         expected = logging.Formatter().formatTime(record)
         assert formatter.asctime() == expected == formatter.formatTime(record)
+
+
+@pytest.mark.parametrize("path", ["/echo", "/x\n2024-01-01 FAKE\u2028\x1b[31m", "/caf\u00e9"])
+@pytest.mark.parametrize("trace_id", [None, "b" * 32])
+def test_the_access_line_is_the_stdlib_lines_bytes(
+    monkeypatch: pytest.MonkeyPatch, logger: logging.Logger, path: str, trace_id: str | None
+) -> None:
+    """ServiceLogger.access writes what info(ACCESS_FORMAT, ..., extra=fields) writes, text or JSON."""
+    assert isinstance(logger, ServiceLogger)
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_123.4567)
+    handler = logger.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    others = logger.handlers[1:]
+    del logger.handlers[1:]
+    written = []
+    token = current_request_id.set("rid-7")
+    try:
+        for via_access in (True, False):
+            stream = io.StringIO()
+            handler.setStream(stream)
+            if via_access:
+                logger.access("GET", path, 404, 0.5, trace_id)
+            else:
+                fields = {"method": "GET", "path": path, "status": 404, "latency_ms": 0.5, "trace_id": trace_id}
+                logger.addFilter(logging.Filter())  # the stdlib path
+                logger.info(ACCESS_FORMAT, "GET", path, 404, 0.5, extra=fields)
+                logger.filters.clear()
+            written.append(stream.getvalue())
+    finally:
+        current_request_id.reset(token)
+        logger.handlers.extend(others)
+    assert written[0] == written[1]
+    assert written[0].count("\n") == 1 and "rid-7" in written[0]
