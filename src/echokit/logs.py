@@ -34,6 +34,8 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # What json.dumps(ensure_ascii=False) leaves raw: DEL, the C1 controls and U+2028/U+2029.
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
+# json.dumps(entry, ensure_ascii=False), without building a JSONEncoder for every line.
+_JSON_LINE = json.JSONEncoder(ensure_ascii=False)
 
 # The access line's message: ``GET /echo 200 0.42ms``.
 ACCESS_FORMAT = "%s %s %d %.2fms"
@@ -171,7 +173,7 @@ class JsonFormatter(LineFormatter):
             entry["exception"] = exception
         # DEL, C1 controls (NEL) and U+2028/U+2029 are valid raw in a JSON string, but viewers and
         # str.splitlines() break lines on some of them: write them all as \u escapes.
-        text = json.dumps(entry, ensure_ascii=False)
+        text = _JSON_LINE.encode(entry)
         if _JSON_UNSAFE.search(text) is None:
             return text
         return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
