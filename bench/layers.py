@@ -126,8 +126,10 @@ def app_rows(a_url: str, n: int, log_dir: Path) -> tuple[list[Row], float]:
 
     from echokit.context import accept_request_id, current_request_id
     from echokit.extension import echokit_of
+    from echokit.logs import access_logger
     from echokit.metrics import Metrics
-    from echokit.settings import service_b_settings
+    from echokit.settings import service_a_settings, service_b_settings
+    from service_a.app import create_app as create_a
     from service_b.app import create_app
 
     os.environ["SERVICE_A_URL"] = a_url
@@ -147,8 +149,7 @@ def app_rows(a_url: str, n: int, log_dir: Path) -> tuple[list[Row], float]:
             stubbed = create_app(settings, client=_StubClient())  # type: ignore[arg-type]
             real = create_app(settings)
             inner = stubbed.wsgi_app.app  # type: ignore[attr-defined] # the Flask app inside ObservedApp
-            logger = logging.getLogger("service_b")
-            extra = {"method": "GET", "path": "/call-echo", "status": 200, "latency_ms": 0.42, "trace_id": None}
+            access = access_logger(logging.getLogger("service_b"))  # what ObservedApp calls
             metrics = Metrics()
 
             def call(app: Any) -> Callable[[], None]:
@@ -169,7 +170,7 @@ def app_rows(a_url: str, n: int, log_dir: Path) -> tuple[list[Row], float]:
             whole = micro.cpu_us(call(real), n)
             rows += [
                 ("Flask", "Flask + Werkzeug: route, request, response objects (bare app, prebuilt body)", flask_only),
-                ("Flask", "B's view on top: msg parsing, JSON body, before_request hook (stub client)",
+                ("Flask", "B's view on top: msg parsing, JSON body, admission gate (stub client)",
                  app_inner - flask_only),
                 ("middleware", "all of ObservedApp (request id, metrics, access log, in-flight count)",
                  app_observed - app_inner),
@@ -177,8 +178,11 @@ def app_rows(a_url: str, n: int, log_dir: Path) -> tuple[list[Row], float]:
                 ("middleware", "  metrics: in-flight gauge inc/dec + request counter and histogram",
                  micro.cpu_us(metric_updates, n)),
                 ("middleware", "  access log line (text format, INFO, to a file)", micro.cpu_us(
-                    lambda: logger.info("%s %s %d %.2fms", "GET", "/call-echo", 200, 0.42, extra=extra), n)),
+                    lambda: access("GET", "/call-echo", 200, 0.42, None), n)),
             ]
+            a_app = create_a(service_a_settings())
+            rows.append(("whole app", "A's WSGI app in-process: /echo, Flask + middleware", micro.cpu_us(
+                lambda: _wsgi_call(a_app.wsgi_app, "/echo", "msg=hello", sink), n)))
             echokit_of(real).close()
     finally:
         sys.stderr = real_stderr

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from echokit.admission_app import service_a_gate
+from echokit.admission_app import spent_since_arrival
 from echokit.faults import FaultInjector, FaultOutcome
-from echokit.resilience.deadline import TIMEOUT_ENVIRON, TIMEOUT_HEADER, parse_timeout_header, spent_before_handler
+from echokit.resilience.deadline import TIMEOUT_ENVIRON, TIMEOUT_HEADER, parse_timeout_header
 from echokit.responses import error_response, json_response
 from echokit.servers.dev import run_main
 from echokit.settings import ServiceASettings, service_a_settings
@@ -24,17 +24,19 @@ def create_app(settings: ServiceASettings | None = None) -> Flask:
     faults = FaultInjector(settings.faults, logger=logger)
     if faults.enabled:
         logger.warning("fault injection ON: %s", settings.faults)
+    max_msg_bytes = settings.server.max_msg_bytes
 
     @app.get("/echo")
     def echo() -> Response:
         """``{"echo": msg}``; a missing or empty ``msg`` echoes ``""``."""
-        msg = request_msg()
+        environ = request.environ  # one look-up through Flask's context-local proxy
+        msg = request_msg(environ, max_msg_bytes)
         try:
-            budget_s = parse_timeout_header(request.environ.get(TIMEOUT_ENVIRON))
+            budget_s = parse_timeout_header(environ.get(TIMEOUT_ENVIRON))
         except ValueError as exc:
             return error_response(400, f"Invalid {TIMEOUT_HEADER} header", str(exc))
         if budget_s is not None:
-            waited_s = spent_before_handler.get()  # in A's server before this handler ran (echokit.admission_app)
+            waited_s = spent_since_arrival(environ)  # since A's server read the request
             if waited_s >= budget_s:
                 # The caller's deadline passed before the request could start: do none of the work.
                 return error_response(
@@ -54,8 +56,6 @@ def create_app(settings: ServiceASettings | None = None) -> Flask:
             )
         return json_response({"echo": msg or ""})
 
-    # A caller's deadline that passed before the request could start: answered at once, no work done.
-    app.wsgi_app = service_a_gate(app.wsgi_app)  # type: ignore[method-assign]
     return finish_app(app, settings.server, logger)
 
 

@@ -29,15 +29,17 @@ def create_app(settings: ServiceBSettings | None = None, client: EchoClient | No
     ext.client = client
     # B's readiness body shows the breaker, but an outage of A never makes B unready.
     ext.readiness_details = lambda: {"service_a": client.status()}
+    max_msg_bytes = settings.server.max_msg_bytes
 
     @app.get("/call-echo")
     def call_echo() -> Response:
         """Echo ``msg`` through Service A: 200 with A's answer, 400 without msg, 503 if A fails."""
-        msg = request_msg()
+        environ = request.environ  # one look-up through Flask's context-local proxy
+        msg = request_msg(environ, max_msg_bytes)
         if not msg:
             return error_response(400, MISSING_MSG)
         try:
-            echo_response = client.echo(msg, request.environ.get(REQUEST_ID_ENVIRON))
+            echo_response = client.echo(msg, environ.get(REQUEST_ID_ENVIRON))
         except UpstreamError as exc:
             headers = {}
             if exc.retry_after_s is not None:

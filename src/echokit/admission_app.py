@@ -8,8 +8,9 @@ one small JSON answer. It does three things for the routes it guards:
   created while serving the request that much shorter;
 * on B, asks the :class:`~echokit.admission.AdmissionController` whether to take the request on,
   and answers ``503`` JSON with ``Retry-After`` at once when not;
-* on A, lets the route see how much of the caller's propagated deadline (``X-Request-Timeout-Ms``)
-  the request already spent waiting, so it answers ``504`` without doing the work once none is left.
+* on A, no layer: A's ``/echo`` reads :func:`spent_since_arrival` itself, to see how much of the
+  caller's propagated deadline (``X-Request-Timeout-Ms``) the request already spent waiting, and
+  answers ``504`` without doing the work once none is left (A admits everything else).
 
 Probes (``/health``, ``/ready``, ``/metrics``) are never guarded.
 """
@@ -58,13 +59,20 @@ class AdmissionMetrics:
             "admission_in_flight", "Admitted requests in flight (sum over worker processes).",
             registry=registry, multiprocess_mode="livesum",
         )
+        # The values last written: the controller reports both on every enter and release, and
+        # the limit seldom moves; each write is a locked write to the multiprocess file.
+        self._written: tuple[int | None, int | None] = (None, None)
 
     def count_shed(self, reason: str) -> None:
         self._shed_children[reason].inc()
 
     def set_state(self, limit: int, in_flight: int) -> None:
-        self.limit.set(limit)
-        self.in_flight.set(in_flight)
+        written_limit, written_in_flight = self._written
+        if limit != written_limit:
+            self.limit.set(limit)
+        if in_flight != written_in_flight:
+            self.in_flight.set(in_flight)
+        self._written = (limit, in_flight)
 
 
 def build_controller(
@@ -85,6 +93,14 @@ def build_controller(
     return controller
 
 
+def spent_since_arrival(environ: dict[str, Any], now: float | None = None) -> float:
+    """Seconds since the server read the request (``ARRIVAL_ENVIRON``); 0.0 without an arrival stamp."""
+    arrived = environ.get(ARRIVAL_ENVIRON)
+    if not isinstance(arrived, float):
+        return 0.0
+    return max(0.0, (time.monotonic() if now is None else now) - arrived)
+
+
 def _answer(start_response: Callable[..., Any], status: str, body: dict[str, str], retry_after_s: int) -> list[bytes]:
     payload = to_json(body).encode()
     headers = [
@@ -100,7 +116,7 @@ class AdmissionGate:
 
     ``budget_s(environ)`` is the request's whole budget in seconds (None: no budget). With a
     ``controller`` the gate admits or sheds; without one it refuses only requests that already waited
-    their whole budget (B with ADMISSION_ENABLED=false), and otherwise only records the time spent (A).
+    their whole budget (B with ADMISSION_ENABLED=false).
     """
 
     def __init__(
@@ -118,9 +134,8 @@ class AdmissionGate:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "") not in self.guarded or environ.get("REQUEST_METHOD") not in _ROUTED_METHODS:
             return self.app(environ, start_response)  # probes, other routes, and 405s are Flask's
-        arrived = environ.get(ARRIVAL_ENVIRON)
         now = time.monotonic()
-        spent = max(0.0, now - arrived) if isinstance(arrived, float) else 0.0
+        spent = spent_since_arrival(environ, now)
         budget = self.budget_s(environ)
         if self.controller is None:
             if budget is not None and spent >= budget:
@@ -162,12 +177,3 @@ def service_b_gate(
         app, frozenset({"/call-echo"}), controller=controller, metrics=metrics, budget_s=lambda environ: budget_s,
     )
 
-
-def service_a_gate(app: WSGIApp) -> AdmissionGate:
-    """A's gate: counts ``/echo``'s propagated budget from arrival (A admits everything else).
-
-    The route itself answers 504 "work not started" when nothing is left of the budget, after it has
-    validated the request (bad input is a 4xx whatever the deadline). B's limit bounds what reaches
-    A, so A has no admission metrics; its 504s show in ``http_requests_total{status="504"}``.
-    """
-    return AdmissionGate(app, frozenset({"/echo"}), controller=None, metrics=None, budget_s=lambda environ: None)

@@ -19,89 +19,94 @@ from echokit.context import (
     current_request_id,
 )
 from echokit.lifecycle import Lifecycle
+from echokit.logs import access_logger
 from echokit.metrics import Metrics
 from echokit.probes import PROBE_PATHS
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-ROUTE_ENVIRON = "echokit.route"  # set by the Flask app to the matched route template
+# The matched route template, for the metrics' ``route`` label: set by the Flask app's request
+# class when routing matches (echokit.web.RoutedRequest), by its 405 handler (the path matched,
+# the method did not) and by the admission gate for a request it refuses.
+ROUTE_ENVIRON = "echokit.route"
 UNMATCHED_ROUTE = "unmatched"
 
 
 class ObservedApp:
-    """Wraps a WSGI app so each request gets an ID, one access line and its metrics."""
+    """Wraps a WSGI app so each request gets an ID, one access line and its metrics.
+
+    One layer, and per request one small object (:class:`_Exchange`: the status the app started,
+    and the body that counts as in flight until it is sent); everything else is made once here.
+    """
+
+    __slots__ = ("access", "app", "in_flight", "lifecycle", "logger", "metrics", "unlogged")
 
     def __init__(
         self, app: WSGIApp, logger: logging.Logger, lifecycle: Lifecycle, metrics: Metrics, log_probes: bool
     ) -> None:
         self.app = app
         self.logger = logger
+        self.access = access_logger(logger)
         self.lifecycle = lifecycle
         self.metrics = metrics
-        self.log_probes = log_probes
+        self.in_flight = metrics.in_flight
+        self.unlogged = frozenset() if log_probes else PROBE_PATHS  # paths that get no access line
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = perf_counter()
         request_id = accept_request_id(environ.get(REQUEST_ID_ENVIRON))
         environ[REQUEST_ID_ENVIRON] = request_id  # what the app (and B's call to A) sees
         token = current_request_id.set(request_id)
-        status_code = 500
-
-        def start_response_with_id(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            nonlocal status_code
-            status_code = int(status[:3])
-            headers.append((REQUEST_ID_HEADER, request_id))
-            return start_response(status, headers, exc_info)
-
+        exchange = _Exchange(start_response, request_id, self.lifecycle)
         self.lifecycle.request_started()
-        self.metrics.in_flight.inc()
-        body: Iterable[bytes] | None = None
+        self.in_flight.inc()
         try:
-            body = self.app(environ, start_response_with_id)
-            return _FinishAfterBody(body, self.lifecycle.request_finished)
+            exchange.body = self.app(environ, exchange.start_response)
+            return exchange
         finally:
             elapsed = perf_counter() - started
-            self.metrics.in_flight.dec()
-            if body is None:  # the app raised: nothing left to send
+            self.in_flight.dec()
+            if exchange.body is None:  # the app raised: nothing left to send
                 self.lifecycle.request_finished()
             method = environ.get("REQUEST_METHOD", "")
+            status = exchange.status
+            self.metrics.observe_request(method, environ.get(ROUTE_ENVIRON, UNMATCHED_ROUTE), status, elapsed)
             path = environ.get("PATH_INFO", "")
-            if not path.isascii():  # WSGI hands the path over as latin-1; show it as the UTF-8 it was
-                path = path.encode("latin-1").decode("utf-8", "replace")
-            self.metrics.observe_request(method, environ.get(ROUTE_ENVIRON, UNMATCHED_ROUTE), status_code, elapsed)
-            if self.log_probes or path not in PROBE_PATHS:
-                latency_ms = round(elapsed * 1000, 2)
-                self.logger.info(
-                    "%s %s %d %.2fms", method, path, status_code, latency_ms,
-                    extra={
-                        "method": method, "path": path, "status": status_code, "latency_ms": latency_ms,
-                        # The request's span has ended by now; echokit.tracing kept its trace id here.
-                        "trace_id": environ.get(TRACE_ID_ENVIRON),
-                    },
-                )
+            if path not in self.unlogged:
+                if not path.isascii():  # WSGI hands the path over as latin-1; show it as the UTF-8 it was
+                    path = path.encode("latin-1").decode("utf-8", "replace")
+                # The request's span has ended by now; echokit.tracing kept its trace id in the environ.
+                self.access(method, path, status, round(elapsed * 1000, 2), environ.get(TRACE_ID_ENVIRON))
             current_request_id.reset(token)
 
 
+class _Exchange:
+    """One request's answer: the status the app started, then its body, passed on to the server.
 
-class _FinishAfterBody:
-    """``body``, then ``finished()`` once the server has sent the last chunk or closed the body.
-
-    A draining server waits for the lifecycle's in-flight count to reach zero and then exits; the
-    count must not drop before the response body is written, or the exit cuts the body off.
-    Exhausting the body (what test clients do) or closing it (what WSGI servers do) both count,
-    once.
+    ``start_response`` adds the request ID header. A draining server waits for the lifecycle's
+    in-flight count to reach zero and then exits; the count must not drop before the response body
+    is written, or the exit cuts the body off. Exhausting the body (what test clients do) or closing
+    it (what WSGI servers do) both count, once.
     """
 
-    __slots__ = ("_body", "_done", "_finished")
+    __slots__ = ("_done", "_lifecycle", "_request_id", "_start_response", "body", "status")
 
-    def __init__(self, body: Iterable[bytes], finished: Callable[[], None]) -> None:
-        self._body = body
-        self._finished = finished
+    def __init__(self, start_response: Callable[..., Any], request_id: str, lifecycle: Lifecycle) -> None:
+        self._start_response = start_response
+        self._request_id = request_id
+        self._lifecycle = lifecycle
         self._done = False
+        self.body: Iterable[bytes] | None = None
+        self.status = 500  # until the app starts a response
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        self.status = int(status[:3])
+        headers.append((REQUEST_ID_HEADER, self._request_id))
+        return self._start_response(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            yield from self._body
+            yield from self.body  # type: ignore[misc]  # set before the server sees this object
         finally:
             self.close()
 
@@ -110,8 +115,8 @@ class _FinishAfterBody:
             return
         self._done = True
         try:
-            close = getattr(self._body, "close", None)
+            close = getattr(self.body, "close", None)
             if close is not None:
                 close()
         finally:
-            self._finished()
+            self._lifecycle.request_finished()

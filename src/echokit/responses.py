@@ -9,8 +9,11 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from flask import Response
+from werkzeug.datastructures import Headers
 
 JSON_MIMETYPE = "application/json"
+# json.dumps with options builds a new JSONEncoder on every call; this one is built once.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 # A '%' must start a two-digit hex escape; anything else is invalid percent-encoding.
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -18,13 +21,27 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 def to_json(payload: Mapping[str, Any]) -> str:
     """Compact JSON in the key order given, as the document shows it: ``{"echo":"hello"}``."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(payload)
+
+
+class JsonResponse(Response):
+    """A Flask response whose body is one UTF-8 JSON document, already encoded.
+
+    ``direct_passthrough``: the body list goes to the server as it is, instead of through an
+    encoding generator and a closing wrapper (nothing here needs closing). HEAD and bodiless
+    statuses still get no body (Werkzeug checks those first).
+    """
+
+    def __init__(self, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(
+            body, status, Headers(headers) if headers else None, content_type=JSON_MIMETYPE, direct_passthrough=True
+        )
 
 
 def json_response(
     payload: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    return Response(to_json(payload), status=status, headers=dict(headers or {}), mimetype=JSON_MIMETYPE)
+    return JsonResponse(_ENCODER.encode(payload).encode(), status, headers)
 
 
 def error_response(

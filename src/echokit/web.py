@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Request, Response, current_app, request
+from flask.sessions import NullSession, SessionInterface, SessionMixin
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Rule
+from werkzeug.wrappers import Response as BaseResponse
 
 from echokit.extension import Echokit, echokit_of
 from echokit.lifecycle import Lifecycle
@@ -41,14 +45,10 @@ def create_base_app(import_name: str, server: ServerSettings) -> tuple[Flask, lo
     # No implicit OPTIONS route: every method but GET/HEAD gets the JSON 405 with its Allow header.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no route reads a body; refuse big ones early
+    app.session_interface = NoSessions()
+    app.request_class = RoutedRequest
     Echokit(server, Lifecycle(server.drain_delay_s, server.drain_timeout_s), Metrics(server.metrics_dir)).init_app(app)
     app.register_blueprint(probes)
-
-    @app.before_request
-    def remember_route() -> None:
-        route = matched_route()
-        if route is not None:
-            request.environ[ROUTE_ENVIRON] = route
 
     openapi = load_openapi(app.root_path)
     if openapi is not None:
@@ -66,6 +66,10 @@ def create_base_app(import_name: str, server: ServerSettings) -> tuple[Flask, lo
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
+        if isinstance(exc, MethodNotAllowed):  # counted under the route whose path matched
+            route = matched_route()
+            if route is not None:
+                request.environ[ROUTE_ENVIRON] = route
         response = error_response(code, _ERROR_TEXT.get(code, exc.name))
         for name, value in exc.get_headers():
             if name.lower() == "allow":
@@ -80,14 +84,49 @@ def create_base_app(import_name: str, server: ServerSettings) -> tuple[Flask, lo
     return app, logger
 
 
-def request_msg() -> str | None:
-    """The current request's ``msg``, decoded strictly; None when there is none.
+class RoutedRequest(Request):
+    """Flask's request, which also leaves the matched route template in the WSGI environ.
+
+    Flask sets ``url_rule`` once, when routing matches; the observing layer outside Flask reads the
+    template from the environ after the app returned, so no ``before_request`` hook runs for it.
+    """
+
+    _url_rule: Rule | None = None
+
+    @property
+    def url_rule(self) -> Rule | None:
+        return self._url_rule
+
+    @url_rule.setter
+    def url_rule(self, rule: Rule | None) -> None:
+        self._url_rule = rule
+        if rule is not None:
+            self.environ[ROUTE_ENVIRON] = rule.rule
+
+
+class NoSessions(SessionInterface):
+    """Neither service has sessions: no per-request session object, no cookie ever set.
+
+    Flask's default would build a NullSession for every request (there is no secret key) and check
+    it again for saving; this hands out one shared, empty, read-only one.
+    """
+
+    _null = NullSession()
+
+    def open_session(self, app: Flask, request: Request) -> NullSession:
+        return self._null
+
+    def save_session(self, app: Flask, session: SessionMixin, response: BaseResponse) -> None:
+        return None
+
+
+def request_msg(environ: dict[str, Any], max_bytes: int) -> str | None:
+    """The request's ``msg`` (from its WSGI ``environ``), decoded strictly; None when there is none.
 
     Raises :class:`BadMessageError` (answered by the app's handler) for a ``msg`` that is not
-    valid percent-encoded UTF-8 or is longer than ``MAX_MSG_BYTES``.
+    valid percent-encoded UTF-8 or is longer than ``max_bytes`` (``MAX_MSG_BYTES``).
     """
-    query = request.environ.get("QUERY_STRING", "").encode("latin-1")
-    return parse_msg(query, echokit_of(current_app).server.max_msg_bytes)
+    return parse_msg(environ.get("QUERY_STRING", "").encode("latin-1"), max_bytes)
 
 
 def matched_route() -> str | None:

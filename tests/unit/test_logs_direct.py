@@ -1,0 +1,132 @@
+"""The service loggers' direct path writes exactly the bytes the stdlib logging path writes."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from echokit import logs
+from echokit.context import current_request_id
+from echokit.logs import ACCESS_FORMAT, ServiceLogger, configure_logging
+
+CASES: list[tuple[str, tuple[object, ...], dict[str, object] | None]] = [
+    ("%s %s %d %.2fms", ("GET", "/echo", 200, 1.234), {"method": "GET", "path": "/echo", "status": 200,
+                                                        "latency_ms": 1.23, "trace_id": None}),
+    ("%s %s %d %.2fms", ("GET", "/x\n2024-01-01 FAKE\u2028\x1b[31m", 404, 0.5), {"path": "/x\n"}),
+    ("outbound GET %s timeout=%.2fs attempt=%d -> 200 success in %.2fms", ("http://a/echo", 1.99, 1, 0.42), None),
+    ("plain message, no arguments", (), None),
+    ("a literal %s with no args stays", (), None),
+    ("%(a)s and %(b)d", ({"a": "mapping", "b": 2},), None),
+    ("given ids %s", ("x",), {"request_id": "rid-9", "trace_id": "t" * 32}),
+]
+
+
+@pytest.fixture(params=["text", "json"])
+def logger(request: pytest.FixtureRequest) -> Iterator[logging.Logger]:
+    yield configure_logging("echokit_test_direct", "INFO", request.param)
+    logging.getLogger("echokit_test_direct").handlers.clear()
+
+
+def lines(logger: logging.Logger, direct: bool, msg: str, args: tuple[object, ...], extra: object) -> str:
+    handler = logger.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    stream = io.StringIO()
+    handler.setStream(stream)
+    blocker = logging.Filter()  # lets everything through, but any logger filter means the stdlib path
+    if not direct:
+        logger.addFilter(blocker)
+    others = logger.handlers[1:]  # pytest's capture handlers, added to non-propagating loggers
+    del logger.handlers[1:]
+    try:
+        logger.info(msg, *args, extra=extra)  # type: ignore[arg-type]
+        logger.warning(msg, *args, extra=extra)  # type: ignore[arg-type]
+    finally:
+        logger.removeFilter(blocker)
+        logger.handlers.extend(others)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize(("msg", "args", "extra"), CASES)
+@pytest.mark.parametrize("request_id", [None, "req-1"])
+def test_direct_and_stdlib_paths_write_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch, logger: logging.Logger, msg: str, args: tuple[object, ...],
+    extra: dict[str, object] | None, request_id: str | None,
+) -> None:
+    """Same time, same record: the same line, in text and JSON, inside and outside a request."""
+    assert isinstance(logger, ServiceLogger)
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_123.4567)
+    records: list[logging.LogRecord] = []
+    make_record = logging.Logger.makeRecord
+
+    def counted(*a: Any, **k: Any) -> logging.LogRecord:
+        records.append(make_record(*a, **k))
+        return records[-1]
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", counted)
+    token = current_request_id.set(request_id)
+    try:
+        direct = lines(logger, True, msg, args, extra)
+        assert records == []  # the direct path made no LogRecord
+        stdlib = lines(logger, False, msg, args, extra)
+        assert len(records) == 2
+    finally:
+        current_request_id.reset(token)
+    assert direct == stdlib
+    assert direct.count("\n") == 2
+
+
+def test_the_trace_id_provider_is_asked_on_both_paths(monkeypatch: pytest.MonkeyPatch, logger: logging.Logger) -> None:
+    """With tracing on, both paths append the provider's trace id."""
+    monkeypatch.setattr(logs, "trace_id_provider", lambda: "a" * 32)
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.001)
+    direct = lines(logger, True, "hello %s", ("x",), None)
+    assert direct == lines(logger, False, "hello %s", ("x",), None)
+    assert "a" * 32 in direct
+
+
+def test_the_timestamp_follows_the_clock_across_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-second cache never shows a stale second."""
+    formatter = logs.SafeTextFormatter()
+    for now in (1_700_000_000.999, 1_700_000_001.0, 1_700_000_001.5, 1_700_000_000.2):
+        monkeypatch.setattr(time, "time", lambda now=now: now)
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
+        expected = logging.Formatter().formatTime(record)
+        assert formatter.asctime() == expected == formatter.formatTime(record)
+
+
+@pytest.mark.parametrize("path", ["/echo", "/x\n2024-01-01 FAKE\u2028\x1b[31m", "/caf\u00e9"])
+@pytest.mark.parametrize("trace_id", [None, "b" * 32])
+def test_the_access_line_is_the_stdlib_lines_bytes(
+    monkeypatch: pytest.MonkeyPatch, logger: logging.Logger, path: str, trace_id: str | None
+) -> None:
+    """ServiceLogger.access writes what info(ACCESS_FORMAT, ..., extra=fields) writes, text or JSON."""
+    assert isinstance(logger, ServiceLogger)
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_123.4567)
+    handler = logger.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    others = logger.handlers[1:]
+    del logger.handlers[1:]
+    written = []
+    token = current_request_id.set("rid-7")
+    try:
+        for via_access in (True, False):
+            stream = io.StringIO()
+            handler.setStream(stream)
+            if via_access:
+                logger.access("GET", path, 404, 0.5, trace_id)
+            else:
+                fields = {"method": "GET", "path": path, "status": 404, "latency_ms": 0.5, "trace_id": trace_id}
+                logger.addFilter(logging.Filter())  # the stdlib path
+                logger.info(ACCESS_FORMAT, "GET", path, 404, 0.5, extra=fields)
+                logger.filters.clear()
+            written.append(stream.getvalue())
+    finally:
+        current_request_id.reset(token)
+        logger.handlers.extend(others)
+    assert written[0] == written[1]
+    assert written[0].count("\n") == 1 and "rid-7" in written[0]
