@@ -221,7 +221,11 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
             # Inside the Flask app, so the app stays the object served (and found by echokit_of).
             self.wsgi.wsgi_app = _StampArrival(self.wsgi.wsgi_app)
         else:
-            self._http = http11.ServerConfig(self.cfg, self.log, WSGIErrorsWrapper(self.cfg), FileWrapper)
+            self.serve_http11()
+
+    def serve_http11(self) -> None:
+        """Serve this worker's connections with :mod:`echokit.servers.http11` (``self.wsgi`` is the app)."""
+        self._http = http11.ServerConfig(self.cfg, self.log, WSGIErrorsWrapper(self.cfg), FileWrapper)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         lifecycle: Lifecycle | None = getattr(self, "lifecycle", None)  # None: SIGTERM before the app loaded
