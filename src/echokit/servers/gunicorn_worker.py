@@ -146,13 +146,15 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
         client.setblocking(1)  # gevent's socket: "blocking" yields to the loop
         try:
             conn = http11.Connection(client, addr, listener.getsockname(), config)
+            keepalive, idle = self.cfg.keepalive, False
             while True:
                 request = None
-                # The keep-alive wait, and how long a client may take to send a request's head.
-                with self.timeout_ctx() if config.keepalive else contextlib.nullcontext():
+                # How long a client may take to send a request's head; after the first, the keep-alive wait.
+                with _NextRequestWait(self, keepalive, idle) if keepalive else contextlib.nullcontext():
                     request = conn.next_request()
                 if request is None or not self._serve(conn, request):
                     break
+                idle = True
         except http11.HTTPError as exc:  # refused before the app ran: gunicorn's warning, a JSON answer
             self.log.warning("Invalid request from ip=%s: %s", addr[0] if isinstance(addr, tuple) else addr, exc)
             with contextlib.suppress(OSError):
@@ -190,6 +192,7 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
             gevent.sleep(0)
 
     def timeout_ctx(self) -> _NextRequestWait:
+        """gunicorn's own path (see :meth:`_gunicorn_serves`) asks for its keep-alive wait here."""
         current = gevent.getcurrent()
         idle = current in self._connections_seen  # a later wait on the same connection's greenlet
         self._connections_seen.add(current)

@@ -689,7 +689,10 @@ class _Answer:
             self.head_sent = True
             data = self.head + data
         if data:
-            self.conn.sock.sendall(data)
+            sock = self.conn.sock
+            sent = sock.send(data)  # nearly always all of it: cheaper than gevent's sendall
+            if sent < len(data):
+                sock.sendall(memoryview(data)[sent:])
 
     def write(self, data: bytes) -> None:
         """A body chunk (also start_response's legacy ``write``)."""

@@ -301,7 +301,7 @@ def test_expect_100_continue_gets_the_interim_answer_before_the_body_is_sent(
 
 
 def test_a_list_body_goes_out_in_one_send_with_the_head() -> None:
-    """Status line, headers and body of a list body (Flask's, the admission gate's) are one sendall."""
+    """Status line, headers and body of a list body (the admission gate's, say) go out in one send."""
     sent: list[bytes] = []
 
     class Recording:
@@ -311,8 +311,11 @@ def test_a_list_body_goes_out_in_one_send_with_the_head() -> None:
         def recv(self, size: int) -> bytes:
             return self.reads.pop(0)
 
-        def sendall(self, data: bytes) -> None:
+        def send(self, data: bytes) -> int:
             sent.append(data)
+            return len(data)
+
+        sendall = send
 
     config = http11.ServerConfig(Config(), logging.getLogger("tests.http11"), None, None)
     conn = http11.Connection(Recording(), ("127.0.0.1", 1), ("127.0.0.1", 2), config)
