@@ -6,7 +6,8 @@
 
 Every figure is microseconds of this process's CPU (user + system) per operation, the median of
 5 repetitions (bench/micro.py's ``cpu_us``), measured with the project's own code: the server
-(gunicorn's parser and response writer), Flask (B's app with a stub client and no middleware),
+(echokit.servers.http11's parser, environ and response writer; gunicorn's, which it replaced, as
+"replaced" rows), Flask (B's app with a stub client and no middleware),
 the middleware (request id, metrics, access log), the upstream call against a real Service A
 under gunicorn (pool checkout, request, response parsing) and the resilience wrappers. Then B's
 whole per-request CPU under load (gunicorn, one worker, wrk -c16) gives the remainder no
@@ -83,28 +84,64 @@ def _wsgi_call(app: Any, path: str, query: str, sink: io.TextIOBase) -> None:
     getattr(body, "close", lambda: None)()
 
 
+class _KeepAliveSocket:
+    """A client that sends CALL again and again on one connection, and a sink for the answers."""
+
+    def recv(self, size: int) -> bytes:
+        return CALL
+
+    def send(self, data: bytes) -> int:
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        pass
+
+
 def server_rows(n: int) -> list[Row]:
-    """gunicorn's share: parse the request, build environ and response, write it."""
+    """The worker's HTTP/1.1 (echokit.servers.http11): parse + environ, then the answer in one send; and
+    gunicorn's own parser and Response, which it replaced, for comparison (not counted in the remainder)."""
     from gunicorn.config import Config
     from gunicorn.http.parser import RequestParser
     from gunicorn.http.wsgi import create
 
+    from echokit.servers import http11
+
     cfg = Config()
     body = b'{"echo_response":{"echo":"hello"},"msg":"hello"}'
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+               ("X-Request-ID", "0123456789abcdef0123456789abcdef")]
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", list(headers))
+        return [body]
+
+    conn = http11.Connection(_KeepAliveSocket(), ("127.0.0.1", 1), ("127.0.0.1", 80),
+                             http11.ServerConfig(cfg, logging.getLogger("bench.layers"), sys.stderr, None))
+
+    def parse() -> None:
+        conn.next_request()
+        conn.ready.clear()
+
+    def serve() -> None:
+        request = conn.next_request()
+        assert request is not None
+        conn.respond(request, app, must_close=False)
 
     def respond() -> None:
         req = next(RequestParser(cfg, iter([CALL]), ("127.0.0.1", 1)))
         resp, _ = create(req, _NullSocket(), ("127.0.0.1", 1), ("127.0.0.1", 80), cfg)
-        resp.start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        resp.start_response("200 OK", list(headers))
         resp.write(body)
         resp.close()
 
-    parse = micro.cpu_us(lambda: next(RequestParser(cfg, iter([CALL]), ("127.0.0.1", 1))), n)
-    rows = [
-        ("server", "gunicorn: parse the request (pure-Python parser)", parse),
-        ("server", "gunicorn: WSGI environ, status + headers, write the body", micro.cpu_us(respond, n) - parse),
-    ]
-    return rows  # no access-line row: echokit.serving.AppAccessLogger makes gunicorn's access() a no-op
+    ours = micro.cpu_us(parse, n)
+    theirs = micro.cpu_us(lambda: next(RequestParser(cfg, iter([CALL]), ("127.0.0.1", 1))), n)
+    return [
+        ("server", "http11: parse the request (httptools, C) + build the WSGI environ", ours),
+        ("server", "http11: status + headers + body in one send", micro.cpu_us(serve, n) - ours),
+        ("replaced", "gunicorn's pure-Python parser (what http11 replaced)", theirs),
+        ("replaced", "gunicorn's WSGI environ, status + headers, body write", micro.cpu_us(respond, n) - theirs),
+    ]  # no access-line row: echokit.servers.gunicorn_config.AppAccessLogger makes gunicorn's access() a no-op
 
 
 class _StubClient:
@@ -473,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     if total:
         rows.append(("whole worker", f"B under gunicorn, 1 worker, wrk -c16: {load['rps']} req/s", total))
         in_process = whole_app + sum(us for layer, _, us in rows if layer == "server")
-        rows.append(("remainder", "gevent hub, socket syscalls, scheduling (whole worker - app - gunicorn rows)",
+        rows.append(("remainder", "gevent hub, socket syscalls, scheduling (whole worker - app - server rows)",
                      total - in_process))
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
