@@ -47,7 +47,8 @@ REPO = Path(__file__).resolve().parent.parent
 CALL = b"GET /call-echo?msg=hello HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nUser-Agent: wrk\r\n\r\n"
 # --py-spy, inclusive: (part, file name prefixes): a sample counts when any frame's file starts with one
 PROFILE_INCLUSIVE = (
-    ("gunicorn worker: everything it runs (request parsing, the app, response writing)", ("gunicorn/",)),
+    ("server worker: everything it runs (request parsing, the app, response writing)",
+     ("gunicorn/", "echokit/servers/")),
     ("Flask + Werkzeug: everything under them (the app)", ("flask/", "werkzeug/")),
     ("echokit upstream client: all of B's call to A", ("echokit/upstream",)),
     ("urllib3: pool, connection, response (incl. http.client and sockets under it)", ("urllib3/",)),
@@ -62,7 +63,7 @@ PROFILE_INCLUSIVE = (
 # --py-spy, self: each sample goes to the package of its innermost frame
 SELF_PACKAGES = (
     "gevent/", "gunicorn/", "flask/", "werkzeug/", "urllib3/", "http/", "email/", "logging/", "prometheus_client/",
-    "tenacity/", "json/", "echokit/", "service_b/", "socket.py", "threading.py", "urllib/",
+    "tenacity/", "json/", "echokit/servers/", "echokit/", "service_b/", "socket.py", "threading.py", "urllib/",
 )
 
 Row = tuple[str, str, float]  # (layer, what, CPU microseconds per request)
