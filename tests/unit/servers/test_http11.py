@@ -281,6 +281,26 @@ def test_request_bodies_by_length_and_chunked_are_read_and_an_unread_one_is_skip
     assert [a.json()["path"] for a in answers] == ["/first", "/echo", "/last"]
 
 
+def test_wsgi_input_reads_by_size_and_by_line_and_stops_at_the_end_of_the_body(
+    serve: Callable[..., WorkerServing],
+) -> None:
+    """read(n), readline(), iteration and readlines() see the body exactly, never the next request."""
+    seen: list[object] = []
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        stream = environ["wsgi.input"]
+        seen.append((stream.read(3), stream.readline(), stream.readline(2), list(stream), stream.read(),
+                     stream.readlines()))
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+    server = serve(app)
+    request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 19\r\n\r\nabcdef\nghij\nkl\nmno\n"
+    answers, _ = exchange(server, request + GET_CLOSE, 2)
+    assert [a.status for a in answers] == [200, 200]
+    assert seen[0] == (b"abc", b"def\n", b"gh", [b"ij\n", b"kl\n", b"mno\n"], b"", [])
+
+
 def test_expect_100_continue_gets_the_interim_answer_before_the_body_is_sent(
     serve: Callable[..., WorkerServing],
 ) -> None:
