@@ -49,6 +49,10 @@ class _NextRequestWait:
         self.timeout.start()
         if self.idle:
             self.worker._idle_waits.add(self)
+            if not self.worker.alive:
+                # Stopping already: _stop_accepting ran while this connection was still answering its last
+                # request (SIGTERM right after the client read it), so it did not see this wait.
+                gevent.spawn_later(IDLE_CLOSE_GRACE_S, self.end_if_still_idle)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> bool:

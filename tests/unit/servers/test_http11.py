@@ -489,6 +489,26 @@ def test_a_stopping_worker_closes_idle_connections_and_says_close_on_busy_ones(
         assert idle.recv(100) == b""
 
 
+def test_a_connection_answering_when_the_worker_stops_is_closed_once_idle(
+    serve: Callable[..., WorkerServing],
+) -> None:
+    """SIGTERM while a keep-alive answer is on its way (the answer still says keep-alive): the connection
+    is closed after IDLE_CLOSE_GRACE_S of idling, not held for the whole keep-alive timeout."""
+    worker: list[GracefulGeventWorker] = []
+
+    def stops_the_worker(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        worker[0]._stop_accepting()  # as the signal handler would, while this request is in flight
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = serve(stops_the_worker, keepalive=30)
+    worker.append(server.worker)
+    with server.connect(timeout=IDLE_CLOSE_GRACE_S + 5) as sock, sock.makefile("rb") as stream:
+        sock.sendall(GET)
+        assert read_answer(stream).headers["connection"] == "keep-alive"
+        assert stream.read() == b""  # closed (a timeout would raise)
+
+
 def test_after_max_requests_the_worker_stops_and_the_answer_closes(serve: Callable[..., WorkerServing]) -> None:
     """max_requests: the request that reaches it is answered with Connection: close and the worker stops."""
     server = serve(Recorder(), max_requests=2)
