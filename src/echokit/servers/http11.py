@@ -253,7 +253,7 @@ class Connection:
         self.failed: HTTPError | None = None  # the parser refused the input: nothing more is read
         self.failed_in: Request | None = None  # ... while in this message
         self.ended = False  # no request after the queued ones: EOF, an error, or a message that closes
-        self.line_bytes = 0  # head bytes fed since the current message began (an upper bound)
+        self.head_bytes = 0  # bytes read since the current message began, while its head is incomplete
         self.trusted = config.trusts(addr)
         base = dict(config.base_environ)
         base["gunicorn.socket"] = sock
@@ -297,20 +297,19 @@ class Connection:
             return False
         data = self.sock.recv(RECV_BYTES)
         if not data:
-            self.ended = True  # mid-head: the client gave up (gunicorn ignores it quietly too)
+            self.ended = True  # the client is done (or gave up mid-request: gunicorn ignores that quietly too)
             return False
         self._feed(data)
         return True
 
     def _feed(self, data: bytes) -> None:
-        current = self.current
         try:
-            if current is not None and not current.delivered:
-                self.line_bytes += len(data)
             self.parser.feed_data(data)
         except HttpParserCallbackError as exc:
             context = exc.__context__
-            self._fail(context if isinstance(context, HTTPError) else _bad(str(exc)))
+            if not isinstance(context, HTTPError):
+                raise (context or exc) from None  # a bug of ours, not the client's: the worker's 500
+            self._fail(context)
         except HttpParserUpgrade:
             # Upgrade or CONNECT: llhttp stops after the head. The request is served (neither service
             # upgrades anything), then the connection closes; its body and what follows are not read.
@@ -323,8 +322,10 @@ class Connection:
             self._fail(_bad(str(exc)))
         else:
             current = self.current
-            if current is not None and not current.delivered and self.line_bytes > self.config.max_head_bytes:
-                self._fail(_limit_headers("max buffer headers"))  # llhttp keeps a field it has not finished
+            if current is not None and not current.delivered:  # a head still incomplete: count what it took
+                self.head_bytes += len(data)  # (all of this read: a little more than the head's own share)
+                if self.head_bytes > self.config.max_head_bytes:
+                    self._fail(_limit_headers("max buffer headers"))  # llhttp buffers a field until it ends
 
     def _fail(self, error: HTTPError) -> None:
         if self.ended:
@@ -335,7 +336,7 @@ class Connection:
 
     def on_message_begin(self) -> None:
         self.current = Request()
-        self.line_bytes = 0
+        self.head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         request = self.current

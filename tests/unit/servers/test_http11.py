@@ -448,6 +448,17 @@ def test_the_request_line_limit_is_exact_and_named(serve: Callable[..., WorkerSe
     assert answer.json()["details"] == f"Request Line is too large ({MAX_REQUEST_LINE_BYTES + 1} > 8190)"
 
 
+def test_a_head_that_never_ends_is_refused_at_gunicorns_buffer_bound(serve: Callable[..., WorkerServing]) -> None:
+    """A field that never ends (llhttp holds it until it does) is a 431 once the head passes gunicorn's bound
+    (fields x (field size + 2) + 4, plus the request line): here 1 x 102 + 4 + 8190 bytes."""
+    server = serve(Recorder(), limit_request_fields=1, limit_request_field_size=100)
+    with server.connect() as sock, sock.makefile("rb") as stream:
+        sock.sendall(b"GET / HTTP/1.1\r\nX-Endless: " + b"a" * 9000)
+        answer = read_answer(stream)
+    assert answer.status == 431
+    assert answer.json()["details"] == "Error parsing headers: 'max buffer headers'"
+
+
 def test_a_bad_request_after_a_good_one_is_refused_after_the_good_one_is_answered(
     serve: Callable[..., WorkerServing],
 ) -> None:
