@@ -134,11 +134,14 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
         self._http: http11.ServerConfig | None = None  # set once the app is loaded, unless gunicorn serves
 
     def _gunicorn_serves(self) -> bool:
-        """What :mod:`echokit.servers.http11` does not speak goes to gunicorn's own code, unchanged."""
+        """What :mod:`echokit.servers.http11` does not do goes to gunicorn's own code, unchanged: TLS,
+        HTTP/2, the PROXY protocol, uWSGI, and per-request hooks (``pre_request``/``post_request``)."""
         cfg = self.cfg
+        hooks = ("pre_request", "post_request")
         return bool(
             cfg.is_ssl or "h2" in getattr(cfg, "http_protocols", ()) or getattr(cfg, "proxy_protocol", "off") != "off"
             or getattr(cfg, "protocol", "http") != "http"
+            or any(cfg.settings[hook].value is not cfg.settings[hook].default for hook in hooks)
         )
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:

@@ -28,9 +28,9 @@ What gunicorn does and this keeps (its ``http/message.py``, ``http/wsgi.py``, ``
 * keep-alive by HTTP/1.1 and 1.0 rules, pipelined requests served in order, an unread request body
   drained before the next request.
 
-Not kept, because neither service uses them: HTTP/2, TLS, the PROXY protocol and uWSGI (the
-worker hands such configurations to gunicorn's own code), ``wsgi.early_hints``, the
-``pre_request``/``post_request`` hooks, sendfile, and methods llhttp does not know (400, not 405).
+Not here, because neither service uses them: HTTP/2, TLS, the PROXY protocol, uWSGI and the
+``pre_request``/``post_request`` hooks (the worker hands such configurations to gunicorn's own
+code); ``wsgi.early_hints`` and sendfile; and methods llhttp does not know get a 400, not a 405.
 """
 
 from __future__ import annotations

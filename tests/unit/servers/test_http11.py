@@ -541,3 +541,20 @@ def test_a_client_that_disconnects_mid_request_is_not_an_error(
         sock.sendall(b"GET / HTTP/1.1\r\n")
     assert raw_request(server.port, GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")).status == 200
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_configurations_http11_does_not_speak_are_left_to_gunicorn() -> None:
+    """TLS, HTTP/2, the PROXY protocol and per-request hooks keep gunicorn's own connection handling."""
+
+    def worker(**settings: Any) -> GracefulGeventWorker:
+        cfg = Config()
+        for name, value in settings.items():
+            cfg.set(name, value)
+        made = GracefulGeventWorker(1, os.getpid(), [], None, 30, cfg, logging.getLogger("tests.http11"))
+        made.tmp.close()
+        return made
+
+    assert not worker()._gunicorn_serves()
+    assert worker(proxy_protocol="v1")._gunicorn_serves()
+    assert worker(http_protocols="h2,h1")._gunicorn_serves()
+    assert worker(pre_request=lambda worker, req: None)._gunicorn_serves()
