@@ -6,7 +6,8 @@
 
 Every figure is microseconds of this process's CPU (user + system) per operation, the median of
 5 repetitions (bench/micro.py's ``cpu_us``), measured with the project's own code: the server
-(gunicorn's parser and response writer), Flask (B's app with a stub client and no middleware),
+(echokit.servers.http11's parser, environ and response writer; gunicorn's, which it replaced, as
+"replaced" rows), Flask (B's app with a stub client and no middleware),
 the middleware (request id, metrics, access log), the upstream call against a real Service A
 under gunicorn (echokit's own transport: pool checkout, request, response parsing; http.client
 alone as a reference) and the resilience wrappers. Then B's
@@ -47,7 +48,8 @@ REPO = Path(__file__).resolve().parent.parent
 CALL = b"GET /call-echo?msg=hello HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nUser-Agent: wrk\r\n\r\n"
 # --py-spy, inclusive: (part, file name prefixes): a sample counts when any frame's file starts with one
 PROFILE_INCLUSIVE = (
-    ("gunicorn worker: everything it runs (request parsing, the app, response writing)", ("gunicorn/",)),
+    ("server worker: everything it runs (request parsing, the app, response writing)",
+     ("gunicorn/", "echokit/servers/")),
     ("Flask + Werkzeug: everything under them (the app)", ("flask/", "werkzeug/")),
     ("echokit upstream client: all of B's call to A", ("echokit/upstream",)),
     ("echokit transport: pool, request, response parsing (incl. sockets under it)", ("echokit/upstream/transport.py",)),
@@ -61,7 +63,7 @@ PROFILE_INCLUSIVE = (
 # --py-spy, self: each sample goes to the package of its innermost frame
 SELF_PACKAGES = (
     "gevent/", "gunicorn/", "flask/", "werkzeug/", "http/", "email/", "logging/", "prometheus_client/",
-    "json/", "echokit/", "service_b/", "socket.py", "threading.py", "urllib/",
+    "json/", "echokit/servers/", "echokit/", "service_b/", "socket.py", "threading.py", "urllib/",
 )
 
 Row = tuple[str, str, float]  # (layer, what, CPU microseconds per request)
@@ -83,28 +85,64 @@ def _wsgi_call(app: Any, path: str, query: str, sink: io.TextIOBase) -> None:
     getattr(body, "close", lambda: None)()
 
 
+class _KeepAliveSocket:
+    """A client that sends CALL again and again on one connection, and a sink for the answers."""
+
+    def recv(self, size: int) -> bytes:
+        return CALL
+
+    def send(self, data: bytes) -> int:
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        pass
+
+
 def server_rows(n: int) -> list[Row]:
-    """gunicorn's share: parse the request, build environ and response, write it."""
+    """The worker's HTTP/1.1 (echokit.servers.http11): parse + environ, then the answer in one send; and
+    gunicorn's own parser and Response, which it replaced, for comparison (not counted in the remainder)."""
     from gunicorn.config import Config
     from gunicorn.http.parser import RequestParser
     from gunicorn.http.wsgi import create
 
+    from echokit.servers import http11
+
     cfg = Config()
     body = b'{"echo_response":{"echo":"hello"},"msg":"hello"}'
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+               ("X-Request-ID", "0123456789abcdef0123456789abcdef")]
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", list(headers))
+        return [body]
+
+    conn = http11.Connection(_KeepAliveSocket(), ("127.0.0.1", 1), ("127.0.0.1", 80),
+                             http11.ServerConfig(cfg, logging.getLogger("bench.layers"), sys.stderr, None))
+
+    def parse() -> None:
+        conn.next_request()
+        conn.ready.clear()
+
+    def serve() -> None:
+        request = conn.next_request()
+        assert request is not None
+        conn.respond(request, app, must_close=False)
 
     def respond() -> None:
         req = next(RequestParser(cfg, iter([CALL]), ("127.0.0.1", 1)))
         resp, _ = create(req, _NullSocket(), ("127.0.0.1", 1), ("127.0.0.1", 80), cfg)
-        resp.start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        resp.start_response("200 OK", list(headers))
         resp.write(body)
         resp.close()
 
-    parse = micro.cpu_us(lambda: next(RequestParser(cfg, iter([CALL]), ("127.0.0.1", 1))), n)
-    rows = [
-        ("server", "gunicorn: parse the request (pure-Python parser)", parse),
-        ("server", "gunicorn: WSGI environ, status + headers, write the body", micro.cpu_us(respond, n) - parse),
-    ]
-    return rows  # no access-line row: echokit.serving.AppAccessLogger makes gunicorn's access() a no-op
+    ours = micro.cpu_us(parse, n)
+    theirs = micro.cpu_us(lambda: next(RequestParser(cfg, iter([CALL]), ("127.0.0.1", 1))), n)
+    return [
+        ("server", "http11: parse the request (httptools, C) + build the WSGI environ", ours),
+        ("server", "http11: status + headers + body in one send", micro.cpu_us(serve, n) - ours),
+        ("replaced", "gunicorn's pure-Python parser (what http11 replaced)", theirs),
+        ("replaced", "gunicorn's WSGI environ, status + headers, body write", micro.cpu_us(respond, n) - theirs),
+    ]  # no access-line row: echokit.servers.gunicorn_config.AppAccessLogger makes gunicorn's access() a no-op
 
 
 class _StubClient:
@@ -449,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     if total:
         rows.append(("whole worker", f"B under gunicorn, 1 worker, wrk -c16: {load['rps']} req/s", total))
         in_process = whole_app + sum(us for layer, _, us in rows if layer == "server")
-        rows.append(("remainder", "gevent hub, socket syscalls, scheduling (whole worker - app - gunicorn rows)",
+        rows.append(("remainder", "gevent hub, socket syscalls, scheduling (whole worker - app - server rows)",
                      total - in_process))
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
