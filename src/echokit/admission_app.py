@@ -17,6 +17,7 @@ Probes (``/health``, ``/ready``, ``/metrics``) are never guarded.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -101,14 +102,19 @@ def spent_since_arrival(environ: dict[str, Any], now: float | None = None) -> fl
     return max(0.0, (time.monotonic() if now is None else now) - arrived)
 
 
-def _answer(start_response: Callable[..., Any], status: str, body: dict[str, str], retry_after_s: int) -> list[bytes]:
-    payload = to_json(body).encode()
+@functools.lru_cache(maxsize=1024)
+def _shed_answer(details: str, retry_after_s: int) -> tuple[bytes, list[tuple[str, str]]]:
+    """The body and headers of a 503 for ``details``, encoded once per distinct text.
+
+    A shed must cost as little as possible (under overload most answers are sheds), and its details
+    take few distinct values (mostly "N requests already in flight" for N up to the limit's cap).
+    """
+    payload = to_json({"error": OVERLOADED, "details": details}).encode()
     headers = [
         ("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
         ("Retry-After", retry_after_header(retry_after_s)),
     ]
-    start_response(status, headers)
-    return [payload]
+    return payload, headers
 
 
 class AdmissionGate:
@@ -163,8 +169,9 @@ class AdmissionGate:
         environ[ROUTE_ENVIRON] = environ.get("PATH_INFO", "")  # a guarded path is its own route template
         if self.controller is None and self.metrics is not None:
             self.metrics.count_shed(shed.reason)  # the controller counts its own
-        body = {"error": OVERLOADED, "details": shed.details}
-        return _answer(start_response, "503 Service Unavailable", body, shed.retry_after_s)
+        payload, headers = _shed_answer(shed.details, shed.retry_after_s)
+        start_response("503 Service Unavailable", list(headers))  # a copy: a server may extend the list
+        return [payload]
 
 
 def service_b_gate(
