@@ -45,24 +45,6 @@ NO_BODY_STATUSES = frozenset({204, 304})
 _TCHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-# libev's highest watcher priority: see _prefer_answers.
-_ANSWER_PRIORITY = 2
-
-
-def _prefer_answers(sock: socket.socket) -> None:
-    """Wake the greenlet waiting on this connection's answer before any greenlet of lower priority.
-
-    Under overload B's event loop has hundreds of ready client connections per turn, most of them
-    new requests that will be shed; libev runs the pending watchers of a turn highest priority
-    first, so an admitted call whose answer from A has arrived finishes at the start of the next
-    turn instead of waiting behind every new request. No-op outside gevent (no ``_read_event``).
-    """
-    watcher = getattr(sock, "_read_event", None)
-    if watcher is not None and hasattr(watcher, "priority"):
-        with contextlib.suppress(AttributeError, ValueError):  # an active watcher's priority is fixed
-            watcher.priority = _ANSWER_PRIORITY
-
-
 class TransportError(Exception):
     """No usable HTTP response. ``sent``: the request was completely written before it failed."""
 
@@ -229,7 +211,6 @@ class ConnectionPool:
             sock = socket.socket(self.family, socket.SOCK_STREAM)  # may fail too: out of file descriptors
         except OSError as exc:
             raise NewConnectionError(f"Failed to establish a new connection: {exc}") from None
-        _prefer_answers(sock)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(timeout_s)

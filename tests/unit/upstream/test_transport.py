@@ -264,18 +264,3 @@ def test_garbage_from_a_is_a_502_invalid_response(raw_server):
     assert (caught.value.status, caught.value.error, caught.value.outcome) == (502, BAD_RESPONSE, "bad_response")
     assert len(server.requests) == 1
 
-
-def test_under_gevent_an_answer_from_a_wakes_its_caller_before_new_requests():
-    """A connection to A waits for its answer at libev's highest priority, above the server's sockets."""
-    from gevent import socket as gevent_socket
-
-    from echokit.upstream.transport import _prefer_answers
-
-    to_a, client_side = gevent_socket.socket(), gevent_socket.socket()
-    try:
-        _prefer_answers(to_a)
-        assert to_a._read_event.priority > client_side._read_event.priority
-    finally:
-        to_a.close()
-        client_side.close()
-
