@@ -6,6 +6,8 @@ worker writes its samples to files there and ``/metrics`` sums them across worke
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from typing import Any
 
@@ -36,6 +38,49 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 # Bound on the cache of labelled children: method is client-chosen (mapped to OTHER), so the raw
 # key space is not bounded; the label space is.
 _CHILD_CACHE_LIMIT = 1024
+
+
+class _DirectSamples:
+    """Writes samples of the request families straight into prometheus_client's per-process file.
+
+    Only under a gevent worker in multiprocess mode, where every request runs in a greenlet of one
+    OS thread: nothing between reading a value and writing it back here can switch greenlets (no
+    I/O, no gevent call), so no two updates interleave and no lock is needed. The public path takes
+    prometheus_client's lock (gevent's Python-level lock when patched), checks for a fork and packs
+    the file once per sample, 5 times per request; this checks for a fork once per call and does the
+    rest of what ``MmapedValue.inc`` does: the value kept in memory and the same bytes at the same
+    place in the same file, so ``/metrics`` (summed over the workers' files) reads the same.
+    """
+
+    __slots__ = ("_pid",)
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+
+    @staticmethod
+    def usable(*values: Any) -> bool:
+        """True for prometheus_client's multiprocess values with the internals this relies on,
+        under gevent's monkey-patched threading; else callers keep the public API."""
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is None or not monkey.is_module_patched("threading"):
+            return False
+        return all(
+            getattr(v, "_multiprocess", False) and all(hasattr(v, a) for a in ("_value", "_timestamp", "_file", "_key"))
+            for v in values
+        )
+
+    def same_process(self, any_value: Any) -> None:
+        """After a fork, let prometheus_client move every value to this process's files first."""
+        pid = os.getpid()
+        if pid != self._pid:
+            any_value.get()  # its fork check reopens the files and rereads every value
+            self._pid = pid
+
+    @staticmethod
+    def add(value: Any, amount: float) -> None:
+        value._value += amount
+        value._timestamp = 0.0
+        value._file.write_value(value._key, value._value, 0.0)
 
 
 class UpstreamMetrics:
@@ -118,9 +163,11 @@ class Metrics:
         # (method, route, status) -> (counter child, histogram child): labels() takes a lock and
         # builds tuples on every call; the hot path should not.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # Decided on the first request: a gunicorn gevent worker patches threading after this is built.
+        self._direct: _DirectSamples | None = None
+        self._direct_decided = False
 
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Count one served request and its latency; ``route`` is a template, never a raw path."""
+    def _children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         key = (method, route, status)
         children = self._request_children.get(key)
         if children is None:
@@ -131,8 +178,49 @@ class Metrics:
             )
             if len(self._request_children) < _CHILD_CACHE_LIMIT:
                 self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        return children
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one served request and its latency; ``route`` is a template, never a raw path."""
+        counter, histogram = self._children(method, route, status)
+        counter.inc()
+        histogram.observe(seconds)
+
+    def _direct_samples(self) -> _DirectSamples | None:
+        if not self._direct_decided:
+            usable = self.multiprocess and _DirectSamples.usable(self.in_flight._value)
+            self._direct = _DirectSamples() if usable else None
+            self._direct_decided = True
+        return self._direct
+
+    def request_started(self) -> None:
+        """One more request in flight (``http_requests_in_flight``)."""
+        direct = self._direct_samples()
+        if direct is None:
+            self.in_flight.inc()
+            return
+        value = self.in_flight._value
+        direct.same_process(value)
+        direct.add(value, 1.0)
+
+    def request_finished(self, method: str, route: str, status: int, seconds: float) -> None:
+        """The request left flight: :meth:`observe_request` and the in-flight gauge down by one."""
+        direct = self._direct_samples()
+        counter, histogram = self._children(method, route, status)
+        if direct is None:
+            self.in_flight.dec()
+            counter.inc()
+            histogram.observe(seconds)
+            return
+        in_flight = self.in_flight._value
+        direct.same_process(in_flight)
+        direct.add(in_flight, -1.0)
+        direct.add(counter._value, 1.0)
+        direct.add(histogram._sum, seconds)
+        for bound, bucket in zip(histogram._upper_bounds, histogram._buckets, strict=True):  # as Histogram.observe
+            if seconds <= bound:
+                direct.add(bucket, 1.0)
+                break
 
     @property
     def upstream(self) -> UpstreamMetrics:
