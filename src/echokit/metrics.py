@@ -41,46 +41,83 @@ _CHILD_CACHE_LIMIT = 1024
 
 
 class _DirectSamples:
-    """Writes samples of the request families straight into prometheus_client's per-process file.
+    """Writes samples straight into prometheus_client's per-process file, for the hot-path series.
 
-    Only under a gevent worker in multiprocess mode, where every request runs in a greenlet of one
-    OS thread: nothing between reading a value and writing it back here can switch greenlets (no
-    I/O, no gevent call), so no two updates interleave and no lock is needed. The public path takes
-    prometheus_client's lock (gevent's Python-level lock when patched), checks for a fork and packs
-    the file once per sample, 5 times per request; this checks for a fork once per call and does the
-    rest of what ``MmapedValue.inc`` does: the value kept in memory and the same bytes at the same
+    Only under gevent's monkey-patching in multiprocess mode, where every request runs in a greenlet
+    of one OS thread: nothing between reading a value and writing it back here can switch greenlets
+    (no I/O, no gevent call), so no two updates interleave and no lock is needed. The public path
+    takes prometheus_client's lock (gevent's Python-level lock when patched) and checks for a fork
+    on every sample, several per request; this checks for a fork once per call and does the rest
+    of what ``MmapedValue.inc``/``set`` do: the value kept in memory and the same bytes at the same
     place in the same file, so ``/metrics`` (summed over the workers' files) reads the same.
     """
 
-    __slots__ = ("_pid",)
+    __slots__ = ("_on", "_pid")
 
     def __init__(self) -> None:
-        self._pid = os.getpid()
+        self._pid = 0  # the process it last decided in (decided again after a fork)
+        self._on = False
 
-    @staticmethod
-    def usable(*values: Any) -> bool:
-        """True for prometheus_client's multiprocess values with the internals this relies on,
-        under gevent's monkey-patched threading; else callers keep the public API."""
-        monkey = sys.modules.get("gevent.monkey")
-        if monkey is None or not monkey.is_module_patched("threading"):
-            return False
-        return all(
-            getattr(v, "_multiprocess", False) and all(hasattr(v, a) for a in ("_value", "_timestamp", "_file", "_key"))
-            for v in values
-        )
-
-    def same_process(self, any_value: Any) -> None:
-        """After a fork, let prometheus_client move every value to this process's files first."""
+    def ready(self, value: Any) -> bool:
+        """True when ``value`` (a child's value object) may be written directly in this process."""
         pid = os.getpid()
         if pid != self._pid:
-            any_value.get()  # its fork check reopens the files and rereads every value
+            monkey = sys.modules.get("gevent.monkey")
+            self._on = (
+                monkey is not None and monkey.is_module_patched("threading")
+                and getattr(value, "_multiprocess", False)
+                and all(hasattr(value, a) for a in ("_value", "_timestamp", "_file", "_key"))
+            )
+            if self._on:
+                value.get()  # after a fork, prometheus_client's own check moves every value to this pid's files
             self._pid = pid
+        return self._on
 
     @staticmethod
     def add(value: Any, amount: float) -> None:
         value._value += amount
         value._timestamp = 0.0
         value._file.write_value(value._key, value._value, 0.0)
+
+    @staticmethod
+    def put(value: Any, new: float) -> None:
+        value._value = new
+        value._timestamp = 0.0
+        value._file.write_value(value._key, new, 0.0)
+
+
+_DIRECT = _DirectSamples()
+
+
+def count(child: Any, amount: float = 1.0) -> None:
+    """``child.inc(amount)`` for a counter or gauge child, written directly when that is safe."""
+    value = getattr(child, "_value", None)
+    if value is not None and _DIRECT.ready(value):
+        _DIRECT.add(value, amount)
+    else:
+        child.inc(amount)
+
+
+def set_gauge(child: Any, value: float) -> None:
+    """``child.set(value)`` for a gauge child, written directly when that is safe."""
+    stored = getattr(child, "_value", None)
+    if stored is not None and _DIRECT.ready(stored):
+        _DIRECT.put(stored, value)
+    else:
+        child.set(value)
+
+
+def observe(child: Any, amount: float) -> None:
+    """``child.observe(amount)`` for a histogram child, written directly when that is safe."""
+    total = getattr(child, "_sum", None)
+    if total is None or not _DIRECT.ready(total):
+        child.observe(amount)
+        return
+    _DIRECT.add(total, amount)
+    for bound, bucket in zip(child._upper_bounds, child._buckets, strict=True):  # as Histogram.observe
+        if amount <= bound:
+            _DIRECT.add(bucket, 1.0)
+            break
 
 
 class UpstreamMetrics:
@@ -163,9 +200,6 @@ class Metrics:
         # (method, route, status) -> (counter child, histogram child): labels() takes a lock and
         # builds tuples on every call; the hot path should not.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        # Decided on the first request: a gunicorn gevent worker patches threading after this is built.
-        self._direct: _DirectSamples | None = None
-        self._direct_decided = False
 
     def _children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         key = (method, route, status)
@@ -186,41 +220,16 @@ class Metrics:
         counter.inc()
         histogram.observe(seconds)
 
-    def _direct_samples(self) -> _DirectSamples | None:
-        if not self._direct_decided:
-            usable = self.multiprocess and _DirectSamples.usable(self.in_flight._value)
-            self._direct = _DirectSamples() if usable else None
-            self._direct_decided = True
-        return self._direct
-
     def request_started(self) -> None:
         """One more request in flight (``http_requests_in_flight``)."""
-        direct = self._direct_samples()
-        if direct is None:
-            self.in_flight.inc()
-            return
-        value = self.in_flight._value
-        direct.same_process(value)
-        direct.add(value, 1.0)
+        count(self.in_flight)
 
     def request_finished(self, method: str, route: str, status: int, seconds: float) -> None:
         """The request left flight: :meth:`observe_request` and the in-flight gauge down by one."""
-        direct = self._direct_samples()
         counter, histogram = self._children(method, route, status)
-        if direct is None:
-            self.in_flight.dec()
-            counter.inc()
-            histogram.observe(seconds)
-            return
-        in_flight = self.in_flight._value
-        direct.same_process(in_flight)
-        direct.add(in_flight, -1.0)
-        direct.add(counter._value, 1.0)
-        direct.add(histogram._sum, seconds)
-        for bound, bucket in zip(histogram._upper_bounds, histogram._buckets, strict=True):  # as Histogram.observe
-            if seconds <= bound:
-                direct.add(bucket, 1.0)
-                break
+        count(self.in_flight, -1.0)
+        count(counter)
+        observe(histogram, seconds)
 
     @property
     def upstream(self) -> UpstreamMetrics:

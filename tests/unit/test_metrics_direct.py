@@ -16,7 +16,8 @@ import os, sys
 if sys.argv[1] == "direct":
     from gevent import monkey
     monkey.patch_all()
-from echokit.metrics import Metrics
+from echokit import metrics as metrics_module
+from echokit.metrics import Metrics, count, observe, set_gauge
 
 metrics = Metrics(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
@@ -38,7 +39,14 @@ if pid == 0:
     os._exit(0)
 os.waitpid(pid, 0)
 served("GET", "/echo", 200, 0.05)
-assert (metrics._direct is not None) == (sys.argv[1] == "direct"), metrics._direct
+up = metrics.upstream  # what B's client and admission gate write through the same helpers
+count(up.calls.labels("success"))
+count(up.calls.labels("timeout"), 2.0)
+observe(up.latency.labels("success"), 0.0123)
+set_gauge(up.breaker_state.labels("open"), 1.0)
+set_gauge(up.breaker_state.labels("open"), 0.0)
+set_gauge(up.endpoint_usable.labels("127.0.0.1:1"), 1.0)
+assert metrics_module._DIRECT._on == (sys.argv[1] == "direct")
 sys.stdout.write(metrics.exposition()[0].decode())
 """
 
@@ -59,5 +67,6 @@ def test_the_direct_path_writes_what_the_public_api_writes(tmp_path):
     direct, public = _run("direct", tmp_path), _run("public", tmp_path)
     assert 'http_requests_total{method="GET",route="/echo",status="200"} 4.0' in public.splitlines()
     assert "http_requests_in_flight 2.0" in public.splitlines()
+    assert 'upstream_requests_total{outcome="timeout"} 2.0' in public.splitlines()
     # The collector lists families in the order it finds the files; every line is the same.
     assert sorted(direct.splitlines()) == sorted(public.splitlines())
