@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 SCRIPT = r"""
-import os, sys
+import os, signal, sys
+signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an ignored SIGCHLD inherited from the test run would reap the child
 if sys.argv[1] == "direct":
     from gevent import monkey
-    monkey.patch_all()
+    monkey.patch_thread()  # what the direct path looks for; fork and waitpid below stay the plain OS calls
 from echokit import metrics as metrics_module
 from echokit.metrics import Metrics, count, observe, set_gauge
 
