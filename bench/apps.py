@@ -2,6 +2,7 @@
 
     python -m bench.apps                # ~1 min
     python -m bench.apps --rounds 5     # a quick look
+    python -m bench.apps --gevent       # threading monkey-patched, as in a gunicorn gevent worker
 
 Each app is called as a server calls it, ``app.wsgi_app(environ, start_response)`` with a prebuilt
 environ like gunicorn's and the body iterated and closed, so Flask, the views and the observing
@@ -118,7 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (default 20)")
     parser.add_argument("-n", type=int, default=500, help="requests per row per round (default 500)")
+    parser.add_argument(
+        "--gevent", action="store_true",
+        help="monkey-patch first, as the gunicorn gevent worker does (its locks are Python-level; the apps see it)",
+    )
     args = parser.parse_args(argv)
+    if args.gevent:
+        from gevent import monkey
+
+        monkey.patch_all(ssl=False)  # no TLS here; bench.micro imported urllib3 (and ssl) already
     real_stderr = sys.stderr
     sys.stderr = _DEVNULL  # start-up lines of the apps
     try:
@@ -128,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| request (in-process, app.wsgi_app) | CPU µs |\n|---|---:|")
     for name, us in results.items():
         print(f"| {name} | {us:.1f} |")
-    print(f"\n{args.rounds} rounds x {args.n} requests, minimum round; load average {os.getloadavg()[0]:.2f}")
+    patched = ", gevent monkey-patched" if args.gevent else ""
+    print(f"\n{args.rounds} rounds x {args.n} requests{patched}, minimum round; load average {os.getloadavg()[0]:.2f}")
     return 0
 
 

@@ -34,6 +34,7 @@ from echokit.admission import (
     retry_after_header,
 )
 from echokit.context import ARRIVAL_ENVIRON
+from echokit.metrics import set_gauge
 from echokit.middleware import ROUTE_ENVIRON, WSGIApp
 from echokit.resilience.deadline import spent_before_handler
 from echokit.responses import to_json
@@ -70,9 +71,9 @@ class AdmissionMetrics:
     def set_state(self, limit: int, in_flight: int) -> None:
         written_limit, written_in_flight = self._written
         if limit != written_limit:
-            self.limit.set(limit)
+            set_gauge(self.limit, limit)
         if in_flight != written_in_flight:
-            self.in_flight.set(in_flight)
+            set_gauge(self.in_flight, in_flight)
         self._written = (limit, in_flight)
 
 

@@ -6,6 +6,8 @@ worker writes its samples to files there and ``/metrics`` sums them across worke
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from typing import Any
 
@@ -36,6 +38,86 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 # Bound on the cache of labelled children: method is client-chosen (mapped to OTHER), so the raw
 # key space is not bounded; the label space is.
 _CHILD_CACHE_LIMIT = 1024
+
+
+class _DirectSamples:
+    """Writes samples straight into prometheus_client's per-process file, for the hot-path series.
+
+    Only under gevent's monkey-patching in multiprocess mode, where every request runs in a greenlet
+    of one OS thread: nothing between reading a value and writing it back here can switch greenlets
+    (no I/O, no gevent call), so no two updates interleave and no lock is needed. The public path
+    takes prometheus_client's lock (gevent's Python-level lock when patched) and checks for a fork
+    on every sample, several per request; this checks for a fork once per call and does the rest
+    of what ``MmapedValue.inc``/``set`` do: the value kept in memory and the same bytes at the same
+    place in the same file, so ``/metrics`` (summed over the workers' files) reads the same.
+    """
+
+    __slots__ = ("_on", "_pid")
+
+    def __init__(self) -> None:
+        self._pid = 0  # the process it last decided in (decided again after a fork)
+        self._on = False
+
+    def ready(self, value: Any) -> bool:
+        """True when ``value`` (a child's value object) may be written directly in this process."""
+        pid = os.getpid()
+        if pid != self._pid:
+            monkey = sys.modules.get("gevent.monkey")
+            self._on = (
+                monkey is not None and monkey.is_module_patched("threading")
+                and getattr(value, "_multiprocess", False)
+                and all(hasattr(value, a) for a in ("_value", "_timestamp", "_file", "_key"))
+            )
+            if self._on:
+                value.get()  # after a fork, prometheus_client's own check moves every value to this pid's files
+            self._pid = pid
+        return self._on
+
+    @staticmethod
+    def add(value: Any, amount: float) -> None:
+        value._value += amount
+        value._timestamp = 0.0
+        value._file.write_value(value._key, value._value, 0.0)
+
+    @staticmethod
+    def put(value: Any, new: float) -> None:
+        value._value = new
+        value._timestamp = 0.0
+        value._file.write_value(value._key, new, 0.0)
+
+
+_DIRECT = _DirectSamples()
+
+
+def count(child: Any, amount: float = 1.0) -> None:
+    """``child.inc(amount)`` for a counter or gauge child, written directly when that is safe."""
+    value = getattr(child, "_value", None)
+    if value is not None and _DIRECT.ready(value):
+        _DIRECT.add(value, amount)
+    else:
+        child.inc(amount)
+
+
+def set_gauge(child: Any, value: float) -> None:
+    """``child.set(value)`` for a gauge child, written directly when that is safe."""
+    stored = getattr(child, "_value", None)
+    if stored is not None and _DIRECT.ready(stored):
+        _DIRECT.put(stored, value)
+    else:
+        child.set(value)
+
+
+def observe(child: Any, amount: float) -> None:
+    """``child.observe(amount)`` for a histogram child, written directly when that is safe."""
+    total = getattr(child, "_sum", None)
+    if total is None or not _DIRECT.ready(total):
+        child.observe(amount)
+        return
+    _DIRECT.add(total, amount)
+    for bound, bucket in zip(child._upper_bounds, child._buckets, strict=True):  # as Histogram.observe
+        if amount <= bound:
+            _DIRECT.add(bucket, 1.0)
+            break
 
 
 class UpstreamMetrics:
@@ -119,8 +201,7 @@ class Metrics:
         # builds tuples on every call; the hot path should not.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Count one served request and its latency; ``route`` is a template, never a raw path."""
+    def _children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         key = (method, route, status)
         children = self._request_children.get(key)
         if children is None:
@@ -131,8 +212,24 @@ class Metrics:
             )
             if len(self._request_children) < _CHILD_CACHE_LIMIT:
                 self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        return children
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one served request and its latency; ``route`` is a template, never a raw path."""
+        counter, histogram = self._children(method, route, status)
+        counter.inc()
+        histogram.observe(seconds)
+
+    def request_started(self) -> None:
+        """One more request in flight (``http_requests_in_flight``)."""
+        count(self.in_flight)
+
+    def request_finished(self, method: str, route: str, status: int, seconds: float) -> None:
+        """The request left flight: :meth:`observe_request` and the in-flight gauge down by one."""
+        counter, histogram = self._children(method, route, status)
+        count(self.in_flight, -1.0)
+        count(counter)
+        observe(histogram, seconds)
 
     @property
     def upstream(self) -> UpstreamMetrics:

@@ -39,7 +39,7 @@ class ObservedApp:
     and the body that counts as in flight until it is sent); everything else is made once here.
     """
 
-    __slots__ = ("access", "app", "in_flight", "lifecycle", "logger", "metrics", "unlogged")
+    __slots__ = ("access", "app", "lifecycle", "logger", "metrics", "unlogged")
 
     def __init__(
         self, app: WSGIApp, logger: logging.Logger, lifecycle: Lifecycle, metrics: Metrics, log_probes: bool
@@ -49,7 +49,6 @@ class ObservedApp:
         self.access = access_logger(logger)
         self.lifecycle = lifecycle
         self.metrics = metrics
-        self.in_flight = metrics.in_flight
         self.unlogged = frozenset() if log_probes else PROBE_PATHS  # paths that get no access line
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -59,18 +58,17 @@ class ObservedApp:
         token = current_request_id.set(request_id)
         exchange = _Exchange(start_response, request_id, self.lifecycle)
         self.lifecycle.request_started()
-        self.in_flight.inc()
+        self.metrics.request_started()
         try:
             exchange.body = self.app(environ, exchange.start_response)
             return exchange
         finally:
             elapsed = perf_counter() - started
-            self.in_flight.dec()
             if exchange.body is None:  # the app raised: nothing left to send
                 self.lifecycle.request_finished()
             method = environ.get("REQUEST_METHOD", "")
             status = exchange.status
-            self.metrics.observe_request(method, environ.get(ROUTE_ENVIRON, UNMATCHED_ROUTE), status, elapsed)
+            self.metrics.request_finished(method, environ.get(ROUTE_ENVIRON, UNMATCHED_ROUTE), status, elapsed)
             path = environ.get("PATH_INFO", "")
             if path not in self.unlogged:
                 if not path.isascii():  # WSGI hands the path over as latin-1; show it as the UTF-8 it was

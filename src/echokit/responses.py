@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -36,6 +36,29 @@ class JsonResponse(Response):
         super().__init__(
             body, status, Headers(headers) if headers else None, content_type=JSON_MIMETYPE, direct_passthrough=True
         )
+
+    def get_wsgi_response(self, environ: dict[str, Any]) -> tuple[Iterable[bytes], str, list[tuple[str, str]]]:
+        """Werkzeug's answer, without its copy and second look at the headers when they need nothing.
+
+        Werkzeug copies the headers per response to fix up ``Location``/``Content-Location``, to
+        drop ``Content-Length`` for 1xx/204/304 and to add a missing one. A JSON answer with its
+        ``Content-Length`` (set with the body), none of those headers and a status with a body needs
+        none of it: the headers go out as they are and HEAD gets no body, as Werkzeug would do.
+        """
+        status = self.status_code
+        if status < 200 or status in (204, 304) or not self.direct_passthrough:
+            return super().get_wsgi_response(environ)
+        has_length = False
+        for name, _ in self.headers:
+            lowered = name.lower()
+            if lowered == "content-length":
+                has_length = True
+            elif lowered in ("location", "content-location"):
+                return super().get_wsgi_response(environ)
+        if not has_length:
+            return super().get_wsgi_response(environ)
+        body: Iterable[bytes] = () if environ["REQUEST_METHOD"] == "HEAD" else self.response  # type: ignore[assignment]  # the encoded body
+        return body, self.status, self.headers.to_wsgi_list()
 
 
 def json_response(

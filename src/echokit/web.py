@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Request, Response, current_app, request
+from flask.globals import request_ctx
 from flask.sessions import NullSession, SessionInterface, SessionMixin
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
-from werkzeug.routing import Rule
+from werkzeug.routing import MapAdapter, Rule
 from werkzeug.wrappers import Response as BaseResponse
 
 from echokit.extension import Echokit, echokit_of
@@ -41,7 +42,7 @@ def create_base_app(import_name: str, server: ServerSettings) -> tuple[Flask, lo
     The service module adds its own routes, then calls :func:`finish_app`.
     """
     logger = configure_logging(server.service, server.log_level, server.log_format)
-    app = Flask(import_name)
+    app = LeanFlask(import_name)
     # No implicit OPTIONS route: every method but GET/HEAD gets the JSON 405 with its Allow header.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # no route reads a body; refuse big ones early
@@ -82,6 +83,79 @@ def create_base_app(import_name: str, server: ServerSettings) -> tuple[Flask, lo
         return error_response(500, "Internal server error")
 
     return app, logger
+
+
+# Bound on the cache of URL bindings: the Host header is client-chosen; the hosts a service is
+# really reached by are few.
+_BINDINGS_LIMIT = 64
+
+
+class LeanFlask(Flask):
+    """Flask, without the per-request work whose answer is the same for every request.
+
+    * The URL adapter: Flask binds the URL map to each request's environ (``bind_to_environ``:
+      the host read twice, lower-cased, split, IDNA-encoded). What that yields depends only on the
+      host, scheme and script name, so it is kept per those and the adapter built from it directly.
+      Anything unusual (``TRUSTED_HOSTS``, ``SERVER_NAME``, host or subdomain matching) takes
+      Flask's own path, as does every first request of a binding (so a bad host is still a 400).
+    * ``before_request``/``after_request`` hooks: while none are registered (the services have none;
+      OpenTelemetry's instrumentation adds some), the per-request walk over the blueprint chain
+      for them is skipped. Signals, ``after_this_request`` and error handling are Flask's.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (Host, SERVER_NAME, SERVER_PORT, scheme, SCRIPT_NAME, Connection, Upgrade): everything
+        # bind_to_environ reads but the path, query and method -> request.host and the binding.
+        self._bindings: dict[tuple[Any, ...], tuple[str, str, str, str | None, str]] = {}
+
+    def create_url_adapter(self, request: Request | None) -> MapAdapter | None:
+        config = self.config
+        if (
+            request is None or config["TRUSTED_HOSTS"] is not None or config["SERVER_NAME"] is not None
+            or self.url_map.host_matching or self.subdomain_matching
+        ):
+            return super().create_url_adapter(request)
+        environ = request.environ
+        key = (
+            environ.get("HTTP_HOST"), environ.get("SERVER_NAME"), environ.get("SERVER_PORT"),
+            environ["wsgi.url_scheme"], environ.get("SCRIPT_NAME"), environ.get("HTTP_CONNECTION"),
+            environ.get("HTTP_UPGRADE"),
+        )
+        binding = self._bindings.get(key)
+        if binding is None:
+            adapter = super().create_url_adapter(request)
+            if adapter is not None and len(self._bindings) < _BINDINGS_LIMIT:
+                self._bindings[key] = (
+                    request.host, adapter.server_name, adapter.script_name, adapter.subdomain, adapter.url_scheme
+                )
+            return adapter
+        host, server_name, script_name, subdomain, url_scheme = binding
+        request.host = host  # what Flask's create_url_adapter sets
+        path_info = environ.get("PATH_INFO")
+        query = environ.get("QUERY_STRING")
+        return MapAdapter(  # as Map.bind_to_environ builds it, WSGI strings decoded the same way
+            self.url_map, server_name, script_name, subdomain, url_scheme,
+            "/" if path_info is None else _wsgi_string(path_info), environ["REQUEST_METHOD"],
+            None if query is None else _wsgi_string(query),
+        )
+
+    def preprocess_request(self) -> Any:
+        if any(self.before_request_funcs.values()) or any(self.url_value_preprocessors.values()):
+            return super().preprocess_request()
+        return None  # what Flask's loops over no hooks return
+
+    def process_response(self, response: Response) -> Response:
+        if any(self.after_request_funcs.values()) or not isinstance(self.session_interface, NoSessions):
+            return super().process_response(response)
+        for func in request_ctx._after_request_functions:  # after_this_request, as Flask runs them
+            response = self.ensure_sync(func)(response)
+        return response
+
+
+def _wsgi_string(value: str) -> str:
+    """A WSGI environ string (latin-1 code points of the raw bytes) as UTF-8 text, as Werkzeug decodes it."""
+    return value.encode("latin1").decode(errors="replace")
 
 
 class RoutedRequest(Request):

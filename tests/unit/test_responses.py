@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from flask import Response
+from werkzeug.test import EnvironBuilder
 
-from echokit.responses import BadMessageError, error_response, json_response, parse_msg, to_json
+from echokit.responses import BadMessageError, JsonResponse, error_response, json_response, parse_msg, to_json
 
 LIMIT = 4096
 
@@ -119,3 +121,20 @@ def test_error_response_shape() -> None:
 def test_json_response_is_utf8() -> None:
     """A body with non-ASCII text is sent as UTF-8 bytes."""
     assert json_response({"echo": "日本"}).data == '{"echo":"日本"}'.encode()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (200, None), (400, None), (404, None), (503, {"Retry-After": "1"}), (405, {"Allow": "GET, HEAD"}),
+        (204, None), (304, None), (302, {"Location": "/elsewhere"}), (200, {"Content-Location": "/é"}),
+    ],
+)
+def test_json_responses_go_to_the_server_as_werkzeug_sends_them(method, status, headers):
+    """Same status line, headers and body as Werkzeug's own get_wsgi_response, for every case it fixes up."""
+    environ = EnvironBuilder(method=method, path="/echo").get_environ()
+    ours, theirs = JsonResponse(b'{"echo":"hi"}', status, headers), JsonResponse(b'{"echo":"hi"}', status, headers)
+    body, line, sent = ours.get_wsgi_response(environ)
+    expected_body, expected_line, expected_headers = Response.get_wsgi_response(theirs, environ)
+    assert (list(body), line, sent) == (list(expected_body), expected_line, expected_headers)

@@ -25,7 +25,7 @@ from urllib.parse import quote_plus
 
 from echokit import tracing
 from echokit.context import REQUEST_ID_HEADER, accept_request_id
-from echokit.metrics import Metrics
+from echokit.metrics import Metrics, count, observe
 from echokit.resilience.breaker import BreakerConfig, CircuitBreaker, CircuitOpenError
 from echokit.resilience.bulkhead import Bulkhead
 from echokit.resilience.clock import SYSTEM_CLOCK, Clock
@@ -209,8 +209,8 @@ class EchoClient:
         finally:
             if self.metrics is not None:
                 counter, histogram = self._outcome_metrics(outcome)
-                counter.inc()
-                histogram.observe(perf_counter() - started)
+                count(counter)
+                observe(histogram, perf_counter() - started)
 
     def _outcome_metrics(self, outcome: str) -> tuple[Any, Any]:
         """The call counter and latency histogram children for ``outcome``, looked up once each."""

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from echokit.metrics import count
 from echokit.resilience.clock import Clock
 from echokit.upstream.balancer import DEFAULT_RTT_S, Balancer, PeakEwma
 from echokit.upstream.discovery import Address
@@ -185,7 +186,7 @@ class EndpointSet:
         # A lost hedge race is counted as a timeout: the endpoint did not answer in the time it had.
         counter = endpoint.counters.get("timeout" if outcome == "abandoned" else outcome)
         if counter is not None:
-            counter.inc()
+            count(counter)
         ejected_for = None
         with self._lock:
             endpoint.in_flight -= 1

@@ -1,0 +1,87 @@
+"""LeanFlask gives every request the URL binding and hooks plain Flask gives it."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask, Response, after_this_request, request
+from werkzeug.test import EnvironBuilder
+from werkzeug.wsgi import get_host
+
+from echokit.web import LeanFlask
+
+ENVIRONS = [
+    {},
+    {"HTTP_HOST": "Example.COM:8080"},
+    {"HTTP_HOST": "bücher.example".encode().decode("latin-1")},
+    {"HTTP_HOST": "[::1]:8081"},
+    {"HTTP_HOST": "127.0.0.1:80"},
+    {"wsgi.url_scheme": "https", "HTTP_HOST": "svc:443"},
+    {"SCRIPT_NAME": "/prefix", "HTTP_HOST": "h"},
+    {"HTTP_CONNECTION": "Upgrade", "HTTP_UPGRADE": "websocket", "HTTP_HOST": "h"},
+]
+FIELDS = ("server_name", "script_name", "subdomain", "url_scheme", "path_info", "default_method", "query_args")
+PATHS = [("/echo", "msg=hello", "GET"), ("/caf\xc3\xa9", "", "HEAD"), ("/x", "a=%FF", "POST")]
+
+
+def _environ(extra: dict[str, str], path: str, query: str, method: str) -> dict[str, object]:
+    environ = EnvironBuilder(method=method).get_environ()
+    environ.update({"PATH_INFO": path, "QUERY_STRING": query, **extra})
+    return environ
+
+
+@pytest.mark.parametrize("extra", ENVIRONS)
+def test_a_cached_binding_is_the_one_werkzeug_builds(extra):
+    """Second and later requests of a binding get the same adapter fields and request.host as Flask's path."""
+    app = LeanFlask(__name__)
+    for _ in range(2):  # the first request fills the cache, the second reads it
+        for path, query, method in PATHS:
+            environ = _environ(extra, path, query, method)
+            req = app.request_class(environ)
+            adapter = app.create_url_adapter(req)
+            expected = app.url_map.bind_to_environ(environ, subdomain="")
+            assert [getattr(adapter, f) for f in FIELDS] == [getattr(expected, f) for f in FIELDS]
+            assert req.host == get_host(environ)
+
+
+def test_routes_errors_and_hooks_behave_as_in_flask():
+    """200, HEAD, 404, 405, a bad Host and after_this_request match plain Flask."""
+    lean, plain = LeanFlask(__name__), Flask(__name__)
+    for app in (lean, plain):
+
+        @app.get("/echo")
+        def echo() -> Response:
+            @after_this_request
+            def mark(response: Response) -> Response:
+                response.headers["X-After-This"] = "1"
+                return response
+
+            return Response(request.args.get("msg", ""))
+
+    def answers(app: Flask) -> list[tuple[int, bytes, str | None]]:
+        client = app.test_client()
+        out = []
+        for _ in range(2):
+            for response in (
+                client.get("/echo?msg=hi"), client.head("/echo?msg=hi"), client.get("/nowhere"),
+                client.post("/echo"), client.get("/echo", headers={"Host": "bad host\u00ff"}),
+            ):
+                out.append((response.status_code, response.data, response.headers.get("X-After-This")))
+        return out
+
+    assert answers(lean) == answers(plain)
+
+
+def test_registered_hooks_run():
+    """With before/after_request hooks (as OpenTelemetry adds), Flask's own walk over them runs."""
+    app = LeanFlask(__name__)
+    calls: list[str] = []
+    app.get("/echo")(lambda: "hi")
+    app.before_request(lambda: calls.append("before"))
+
+    @app.after_request
+    def after(response: Response) -> Response:
+        calls.append("after")
+        return response
+
+    assert app.test_client().get("/echo").data == b"hi"
+    assert calls == ["before", "after"]
