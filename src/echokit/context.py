@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 from contextvars import ContextVar
 
@@ -20,9 +21,16 @@ _VALID_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:~+/=-]{{1,{MAX_REQUEST_ID_LENGTH}
 current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
 
 
+# Request IDs come from this process's own generator, seeded from the OS and seeded again in every
+# forked worker: os.urandom() per ID was a getrandom() system call on every request. IDs need to be
+# unique, not secret.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
 def new_request_id() -> str:
     """A fresh random request ID: 32 hex characters, like a W3C trace id."""
-    return os.urandom(16).hex()
+    return f"{_ids.getrandbits(128):032x}"
 
 
 def accept_request_id(candidate: str | None) -> str:

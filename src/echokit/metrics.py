@@ -60,7 +60,7 @@ class _DirectSamples:
 
     def ready(self, value: Any) -> bool:
         """True when ``value`` (a child's value object) may be written directly in this process."""
-        pid = os.getpid()
+        pid = _ThisProcess.pid
         if pid != self._pid:
             monkey = sys.modules.get("gevent.monkey")
             self._on = (
@@ -87,6 +87,19 @@ class _DirectSamples:
 
 
 _DIRECT = _DirectSamples()
+
+
+class _ThisProcess:
+    """This process's pid without a system call per sample (os.getpid() is one): set again in a forked child."""
+
+    pid = os.getpid()
+
+    @classmethod
+    def forked(cls) -> None:
+        cls.pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_ThisProcess.forked)
 
 
 def count(child: Any, amount: float = 1.0) -> None:
