@@ -35,8 +35,8 @@ _ENVIRON = {
 }
 
 
-class _StubClient:
-    """B's client for A, answering at no cost."""
+class StubClient:
+    """B's client for A, answering like A at no cost, so the app's own layers can be timed without the call."""
 
     def echo(self, msg: str, request_id: str | None = None) -> dict[str, str]:
         return {"echo": msg}
@@ -92,7 +92,7 @@ def rows() -> dict[str, Callable[[], None]]:
     from service_b.app import create_app as create_b
 
     a = create_a(service_a_settings({}))
-    b = create_b(service_b_settings({"SERVICE_A_URL": "http://127.0.0.1:9"}), client=_StubClient())  # type: ignore[arg-type]
+    b = create_b(service_b_settings({"SERVICE_A_URL": "http://127.0.0.1:9"}), client=StubClient())  # type: ignore[arg-type]
     for name in ("service_a", "service_b"):
         handler = logging.getLogger(name).handlers[0]
         assert isinstance(handler, logging.StreamHandler)

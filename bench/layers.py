@@ -40,6 +40,7 @@ from typing import Any
 
 from bench import micro  # cpu_us; sets PROMETHEUS_MULTIPROC_DIR as gunicorn does
 from bench import run as bench  # wrk and /proc statistics
+from bench.apps import StubClient
 from tests.support.harness import ServiceProcess, group_pids, start_service
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,19 +146,6 @@ def server_rows(n: int) -> list[Row]:
     ]  # no access-line row: echokit.servers.gunicorn_config.AppAccessLogger makes gunicorn's access() a no-op
 
 
-class _StubClient:
-    """Answers like A at no cost, so the app's own layers can be timed without the call."""
-
-    def echo(self, msg: str, request_id: str | None = None) -> dict[str, str]:
-        return {"echo": msg}
-
-    def status(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        pass
-
-
 def app_rows(a_url: str, n: int, log_dir: Path) -> tuple[list[Row], float]:
     """Flask and the middleware around it, by difference; returns the rows and the whole app's cost."""
     from flask import Flask, Response
@@ -184,7 +172,7 @@ def app_rows(a_url: str, n: int, log_dir: Path) -> tuple[list[Row], float]:
                 return Response(prebuilt, mimetype="application/json")
 
             settings = service_b_settings()
-            stubbed = create_app(settings, client=_StubClient())  # type: ignore[arg-type]
+            stubbed = create_app(settings, client=StubClient())  # type: ignore[arg-type]
             real = create_app(settings)
             inner = stubbed.wsgi_app.app  # type: ignore[attr-defined] # the Flask app inside ObservedApp
             access = access_logger(logging.getLogger("service_b"))  # what ObservedApp calls
