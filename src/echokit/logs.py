@@ -17,6 +17,7 @@ and both paths produce the same bytes: the formatters below build every line wit
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -262,8 +263,7 @@ class ServiceLogger(logging.Logger):
             return
         direct = self._direct(logging.INFO)
         if direct is None:
-            fields = {"method": method, "path": path, "status": status, "latency_ms": latency_ms, "trace_id": trace_id}
-            self._log(logging.INFO, ACCESS_FORMAT, (method, path, status, latency_ms), extra=fields, stacklevel=2)
+            _log_access(self, method, path, status, latency_ms, trace_id)
             return
         handler, formatter = direct
         message = f"{method} {path} {status:d} {latency_ms:.2f}ms"  # ACCESS_FORMAT, as an f-string
@@ -281,12 +281,15 @@ def access_logger(logger: logging.Logger) -> Callable[[str, str, int, float, str
     """``access(method, path, status, latency_ms, trace_id)`` for ``logger``: the access line."""
     if isinstance(logger, ServiceLogger):
         return logger.access
+    return functools.partial(_log_access, logger)
 
-    def access(method: str, path: str, status: int, latency_ms: float, trace_id: str | None) -> None:
-        fields = {"method": method, "path": path, "status": status, "latency_ms": latency_ms, "trace_id": trace_id}
-        logger.info(ACCESS_FORMAT, method, path, status, latency_ms, extra=fields)
 
-    return access
+def _log_access(
+    logger: logging.Logger, method: str, path: str, status: int, latency_ms: float, trace_id: str | None
+) -> None:
+    """The access line through the stdlib's path: the message, and the parts as fields for JSON."""
+    fields = {"method": method, "path": path, "status": status, "latency_ms": latency_ms, "trace_id": trace_id}
+    logger.info(ACCESS_FORMAT, method, path, status, latency_ms, extra=fields, stacklevel=2)
 
 
 def make_handler(log_format: str) -> logging.Handler:

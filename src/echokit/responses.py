@@ -64,7 +64,7 @@ class JsonResponse(Response):
 def json_response(
     payload: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    return JsonResponse(_ENCODER.encode(payload).encode(), status, headers)
+    return JsonResponse(to_json(payload).encode(), status, headers)
 
 
 def error_response(
