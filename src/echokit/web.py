@@ -88,6 +88,9 @@ def create_base_app(import_name: str, server: ServerSettings) -> tuple[Flask, lo
 # Bound on the cache of URL bindings: the Host header is client-chosen; the hosts a service is
 # really reached by are few.
 _BINDINGS_LIMIT = 64
+# Bound on the cache of matched routes. Only successful matches of rules without converters are
+# kept, so the keys are the few (host, path, method) triples that reach a fixed route.
+_ROUTES_LIMIT = 1024
 
 
 class LeanFlask(Flask):
@@ -98,6 +101,11 @@ class LeanFlask(Flask):
       host, scheme and script name, so it is kept per those and the adapter built from it directly.
       Anything unusual (``TRUSTED_HOSTS``, ``SERVER_NAME``, host or subdomain matching) takes
       Flask's own path, as does every first request of a binding (so a bad host is still a 400).
+    * Routing: which rule a path matches is the same for every request with that host part, path
+      and method, as long as the rule has no converters (``/echo``, ``/health``: every route of the
+      services). Such successful matches are remembered (:class:`_RouteCachingAdapter`); a path
+      with arguments, a redirect, a 404 or a 405 always goes through Werkzeug's matcher. Flask
+      refuses new routes once the app has served a request, so the map cannot change under the cache.
     * ``before_request``/``after_request`` hooks: while none are registered (the services have none;
       OpenTelemetry's instrumentation adds some), the per-request walk over the blueprint chain
       for them is skipped. Signals, ``after_this_request`` and error handling are Flask's.
@@ -108,6 +116,8 @@ class LeanFlask(Flask):
         # (Host, SERVER_NAME, SERVER_PORT, scheme, SCRIPT_NAME, Connection, Upgrade): everything
         # bind_to_environ reads but the path, query and method -> request.host and the binding.
         self._bindings: dict[tuple[Any, ...], tuple[str, str, str, str | None, str]] = {}
+        # (domain part, path part, method, websocket) -> the argument-free rule it matched.
+        self._routes: dict[tuple[str, str, str, bool], Rule] = {}
 
     def create_url_adapter(self, request: Request | None) -> MapAdapter | None:
         config = self.config
@@ -134,11 +144,13 @@ class LeanFlask(Flask):
         request.host = host  # what Flask's create_url_adapter sets
         path_info = environ.get("PATH_INFO")
         query = environ.get("QUERY_STRING")
-        return MapAdapter(  # as Map.bind_to_environ builds it, WSGI strings decoded the same way
+        adapter = _RouteCachingAdapter(  # as Map.bind_to_environ builds it, WSGI strings decoded the same way
             self.url_map, server_name, script_name, subdomain, url_scheme,
             "/" if path_info is None else _wsgi_string(path_info), environ["REQUEST_METHOD"],
             None if query is None else _wsgi_string(query),
         )
+        adapter.routes = self._routes
+        return adapter
 
     def preprocess_request(self) -> Any:
         if any(self.before_request_funcs.values()) or any(self.url_value_preprocessors.values()):
@@ -151,6 +163,31 @@ class LeanFlask(Flask):
         for func in request_ctx._after_request_functions:  # after_this_request, as Flask runs them
             response = self.ensure_sync(func)(response)
         return response
+
+
+class _RouteCachingAdapter(MapAdapter):
+    """Werkzeug's URL adapter, remembering the rule that a request's own path matched when that rule
+    has no converters (see :class:`LeanFlask`); every other match is Werkzeug's."""
+
+    routes: dict[tuple[str, str, str, bool], Rule]
+
+    def match(
+        self, path_info: str | None = None, method: str | None = None, return_rule: bool = False,
+        query_args: Any = None, websocket: bool | None = None,
+    ) -> tuple[Any, Any]:
+        if path_info is not None or method is not None or not return_rule or websocket is not None:
+            return super().match(path_info, method, return_rule, query_args, websocket)  # type: ignore[call-overload,no-any-return]
+        # The inputs MapAdapter.match gives the matcher, computed the way it computes them.
+        domain = self.subdomain if self.subdomain is not None else self.server_name
+        path = f"/{self.path_info.lstrip('/')}" if self.path_info else ""
+        key = (domain, path, self.default_method.upper(), self.websocket)
+        rule = self.routes.get(key)
+        if rule is not None:
+            return rule, {}  # a fresh dict: Flask hands view_args to the view as keyword arguments
+        rule, view_args = super().match(return_rule=True, query_args=query_args)
+        if not view_args and not rule.arguments and len(self.routes) < _ROUTES_LIMIT:
+            self.routes[key] = rule
+        return rule, view_args
 
 
 def _wsgi_string(value: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from flask import Flask, Response, after_this_request, request
-from werkzeug.test import EnvironBuilder
+from werkzeug.test import EnvironBuilder, TestResponse
 from werkzeug.wsgi import get_host
 
 from echokit.web import LeanFlask
@@ -85,3 +85,49 @@ def test_registered_hooks_run():
 
     assert app.test_client().get("/echo").data == b"hi"
     assert calls == ["before", "after"]
+
+
+def _routing_apps() -> tuple[LeanFlask, Flask]:
+    lean, plain = LeanFlask(__name__), Flask(__name__)
+    for app in (lean, plain):
+        app.add_url_rule("/echo", "echo", lambda: "echo")
+        app.add_url_rule("/items/<int:item>", "item", lambda item: f"item {item}")
+        app.add_url_rule("/dir/", "dir", lambda: "dir")
+        app.add_url_rule("/page", "page", lambda number: f"page {number}", defaults={"number": 1})
+    return lean, plain
+
+
+def _request(app: Flask, method: str, target: str) -> TestResponse:
+    """``method target`` as a server hands it over: the raw path in PATH_INFO (``//echo`` included)."""
+    path, _, query = target.partition("?")
+    return app.test_client().open(
+        "/", method=method, environ_overrides={"PATH_INFO": path, "QUERY_STRING": query}
+    )
+
+
+def test_remembered_routes_answer_as_flask_does():
+    """Repeated requests to fixed paths, paths with converters, defaults, slash redirects and
+    leading-slash variants get the answers plain Flask gives, the first time and every later time."""
+    lean, plain = _routing_apps()
+    paths = ["/echo", "//echo", "///echo?x=1", "/echo/", "/items/7", "/items/8", "/items/x", "/dir", "/dir/",
+             "/page", "/nowhere"]
+
+    def answers(app: Flask) -> list[tuple[int, bytes, str | None]]:
+        return [
+            (r.status_code, r.data, r.headers.get("Location"))
+            for _ in range(3) for path in paths for method in ("GET", "HEAD", "POST")
+            for r in [_request(app, method, path)]
+        ]
+
+    assert answers(lean) == answers(plain)
+
+
+def test_hostile_paths_cannot_grow_the_route_memory():
+    """Thousands of distinct paths (404s, converter values, extra leading slashes) leave only the
+    fixed routes they reached remembered."""
+    lean, _ = _routing_apps()
+    for n in range(2000):
+        assert _request(lean, "GET", f"/missing/{n}").status_code == 404
+        assert _request(lean, "GET", f"/items/{n}").status_code == 200
+        assert _request(lean, "GET", "/" * (n % 50 + 1) + "echo").status_code == 200
+    assert {key[1:3] for key in lean._routes} == {("/echo", "GET")}
