@@ -161,7 +161,7 @@ class Comparison:
                     bench.run_wrk(self.wrk, self.work / "done.lua", pair[name].url + path, 8, 1.0)
             for rnd in range(1, self.args.rounds + 1):
                 order = self.args.modes if rnd % 2 else list(reversed(self.args.modes))
-                for load in LOADS:
+                for load in self.args.loads:
                     for mode in order:
                         self.measure(mode, load, rnd)
             self.sample_rss("after_load")
@@ -258,6 +258,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="worker processes per service (default 2)")
     parser.add_argument("--modes", default=",".join(MODES), help="which to start: prod,bare,aiohttp (default all)")
     parser.add_argument("--out", type=Path, help="results directory (default bench/results; --quick: .../quick)")
+    parser.add_argument("--loads", default=",".join(name for name, *_ in LOADS),
+                        help="which loads to measure (default all: chain_c64,chain_c1,echo_c64)")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (1.0 if args.quick else 5.0)
@@ -265,6 +267,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.modes = [m for m in args.modes.split(",") if m]
     if not args.modes or not set(args.modes) <= set(MODES):
         parser.error(f"--modes takes {','.join(MODES)}")
+    wanted = [name for name in args.loads.split(",") if name]
+    args.loads = [load for load in LOADS if load[0] in wanted]
+    if not args.loads or len(args.loads) != len(wanted):
+        parser.error(f"--loads takes {','.join(name for name, *_ in LOADS)}")
     return args
 
 
@@ -293,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "settings": {"rounds": args.rounds, "duration_s": args.duration, "workers": args.workers,
                      "modes": args.modes, "labels": {m: LABELS[m] for m in args.modes},
-                     "loads": {t: {"service": n, "path": p, "connections": c} for t, n, p, c in LOADS}},
+                     "loads": {t: {"service": n, "path": p, "connections": c} for t, n, p, c in args.loads}},
         "summary": table,
         "acceptance": verdicts(table, comparison.results),
         "rss_mib_per_worker": comparison.rss,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bench import compare, run
 
 
@@ -58,3 +60,11 @@ def test_a_mode_that_did_not_run_gives_no_verdict() -> None:
     got = compare.verdicts(partial, [])
     assert [v["result"] for v in got[:-1]] == ["n/a"] * 4
     assert got[-1]["result"] == "met"  # no run, so no error either
+
+
+def test_loads_can_be_chosen_and_unknown_ones_are_refused() -> None:
+    """``--loads echo_c64`` measures only that load; a misspelt load name stops the run at once."""
+    assert [load[0] for load in compare.parse_args(["--loads", "echo_c64"]).loads] == ["echo_c64"]
+    assert [load[0] for load in compare.parse_args([]).loads] == ["chain_c64", "chain_c1", "echo_c64"]
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--loads", "echo_c46"])
