@@ -8,28 +8,46 @@ and with only the static cap (``ADMISSION_ENABLED=false``: UPSTREAM_MAX_IN_FLIGH
 Against B's ``/call-echo`` it runs, per mode:
 
 * a closed loop (each connection sends its next request when the last answer arrived) at
-  16 -> 1,024 connections;
+  16 -> 1,024 connections, driven by wrk (``-t1``, 5 s timeout);
 * an open loop at a fixed rate of 1x, 2x and 4x capacity (capacity: the adaptive run's goodput at
-  16 connections), where latency counts from when a request was *due*, so a slow server cannot
-  slow the offered load down (no coordinated omission);
-* wrk at 16 and 512 connections with a 5 s timeout, the issue's own check.
+  16 connections as the open loop's own Python generator reaches it in a closed loop), where
+  latency counts from when a request was *due*, so a slow server cannot slow the offered load
+  down (no coordinated omission).
 
-The load generator of the first two is this file run as ``--generate`` in its own process: gevent,
-raw keep-alive sockets, one record per request (status, latency). It shares the 2 CPUs with A and
-B, as wrk does. Every process started is stopped in a ``finally`` block.
+The closed loop is wrk, with latency *per status* (200 vs 503) on the client's clock: the Lua
+script ``WRK_LUA`` puts each request's send time (CLOCK_MONOTONIC microseconds) into its
+X-Request-ID, B echoes that ID on every answer (503 sheds included), and ``response()`` files
+now - send time into a histogram per status code, printed by ``done()`` as one ``STATUSJSON`` line
+(``wrk_row`` shapes it). It used to be this file's Python generator, but the generator shares the
+2 CPUs with A and B and spent about 3.5x wrk's CPU per request, so its latencies described the
+generator as much as the services. wrk's ``client_timeout`` is its own count (answers later than
+5 s plus requests it saw outstanding past 5 s); wrk does not abandon those requests.
+
+The open loop needs a fixed rate, which wrk cannot offer: there the load generator is this file run
+as ``--generate open`` in its own process (gevent, raw keep-alive sockets, one record per request:
+status, latency). ``--generate closed`` is its closed-loop twin, kept for comparison. Each row
+records the CPU seconds A, B and the client spent on it (``cpu_s``). Every process started is
+stopped in a ``finally`` block.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.support.harness import ServiceProcess
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 5.0
@@ -190,39 +208,150 @@ def generate(port: int, kind: str, duration: float, connections: int, rate: floa
     return summarize(json.loads(proc.stdout))
 
 
-WRK_LUA = """
+WRK_LUA = r"""
+-- bench/overload.py's wrk script: latency per status code, measured on the client's clock.
+-- Each request carries its send time (CLOCK_MONOTONIC, us) in X-Request-ID; B echoes the ID on
+-- every answer, 503 sheds included. Histograms are FLAT tables of numbers,
+-- lat[status * 10000 + bucket] = count (thread:get() of nested tables or large arrays segfaults
+-- wrk); bucket = us / 500 below 1 s, then 2000 + (us - 1 s) / 10 ms.
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } overload_timespec;
+int clock_gettime(int clk, overload_timespec *tp);
+]]
+local ts = ffi.new("overload_timespec")
+local function now_us()
+  ffi.C.clock_gettime(1, ts)  -- 1: CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000000 + math.floor(tonumber(ts.tv_nsec) / 1000)
+end
+local function bucket(us)
+  if us < 0 then us = 0 end
+  local b
+  if us < 1000000 then b = math.floor(us / 500) else b = 2000 + math.floor((us - 1000000) / 10000) end
+  if b > 9999 then b = 9999 end
+  return b
+end
+local function upper_ms(b)  -- a bucket's upper edge
+  if b < 2000 then return (b + 1) * 0.5 end
+  return 1000 + (b - 2000 + 1) * 10
+end
+local function request_id(headers)
+  local id = headers["X-Request-ID"] or headers["x-request-id"]
+  if id then return id end
+  for name, value in pairs(headers) do
+    if string.lower(name) == "x-request-id" then return value end
+  end
+end
+
 local threads = {}
 setup = function(thread) table.insert(threads, thread) end
-init = function(args) counts = {} end
-response = function(status, headers, body) counts[tostring(status)] = (counts[tostring(status)] or 0) + 1 end
+init = function(args) lat = {} ; unmatched = {} ; n = 0 end
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, {["X-Request-ID"] = string.format("t%.0f-%d", now_us(), n)})
+end
+response = function(status, headers, body)
+  local id = request_id(headers)
+  local sent = id and tonumber(string.match(id, "^t(%d+)%-%d+$"))
+  if not sent then
+    unmatched[status] = (unmatched[status] or 0) + 1
+    return
+  end
+  local key = status * 10000 + bucket(now_us() - sent)
+  lat[key] = (lat[key] or 0) + 1
+end
 done = function(summary, latency, requests)
-  local agg = {}
-  for _, t in ipairs(threads) do for k, v in pairs(t:get("counts")) do agg[k] = (agg[k] or 0) + v end end
+  local hist, counts, missing, total_missing = {}, {}, {}, 0
+  for _, thread in ipairs(threads) do
+    for key, count in pairs(thread:get("lat")) do
+      local code, b = math.floor(key / 10000), key % 10000
+      hist[code] = hist[code] or {}
+      hist[code][b] = (hist[code][b] or 0) + count
+      counts[code] = (counts[code] or 0) + count
+    end
+    for code, count in pairs(thread:get("unmatched")) do
+      missing[code] = (missing[code] or 0) + count
+      counts[code] = (counts[code] or 0) + count
+      total_missing = total_missing + count
+    end
+  end
   local parts = {}
-  for k, v in pairs(agg) do table.insert(parts, string.format('"%s":%d', k, v)) end
-  io.write(string.format('WRKJSON {"duration_us":%d,"connect":%d,"read":%d,"write":%d,"timeout":%d,' ..
-    '"p50_us":%d,"p99_us":%d,"max_us":%d,"codes":{%s}}\\n', summary.duration, summary.errors.connect,
-    summary.errors.read, summary.errors.write, summary.errors.timeout, latency:percentile(50),
-    latency:percentile(99), latency.max, table.concat(parts, ",")))
+  for code, count in pairs(counts) do
+    local h = hist[code]
+    local stats = '"p50_ms":null,"p95_ms":null,"p99_ms":null,"max_ms":null'
+    if h then
+      local keys, timed = {}, 0
+      for b, c in pairs(h) do keys[#keys + 1] = b ; timed = timed + c end
+      table.sort(keys)
+      local function p(q)
+        local seen = 0
+        for _, b in ipairs(keys) do
+          seen = seen + h[b]
+          if seen >= q * timed then return upper_ms(b) end
+        end
+        return upper_ms(keys[#keys])
+      end
+      stats = string.format('"p50_ms":%.1f,"p95_ms":%.1f,"p99_ms":%.1f,"max_ms":%.1f',
+        p(0.5), p(0.95), p(0.99), upper_ms(keys[#keys]))
+    end
+    table.insert(parts, string.format('"%d":{"n":%d,"unmatched":%d,%s}', code, count, missing[code] or 0, stats))
+  end
+  io.write(string.format('STATUSJSON {"duration_us":%d,"requests":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"timeout":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,"unmatched":%d,"codes":{%s}}\n',
+    summary.duration, summary.requests, summary.errors.connect, summary.errors.read, summary.errors.write,
+    summary.errors.timeout, latency:percentile(50), latency:percentile(99), latency.max, total_missing,
+    table.concat(parts, ",")))
 end
 """
 
 
-def run_wrk(url: str, connections: int, duration: float, lua: Path) -> dict[str, Any]:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
+def wrk_row(data: dict[str, Any], connections: int) -> dict[str, Any]:
+    """A closed-loop row, with the generator rows' keys, from WRK_LUA's STATUSJSON ``data``."""
+    seconds = data["duration_us"] / 1e6 or 1.0
+    by_status: dict[str, dict[str, Any]] = data["codes"]
+    ok, shed = by_status.get("200", {}), by_status.get("503", {})
+    socket_errors = data["connect"] + data["read"] + data["write"]
+    codes: dict[str, int] = {code: by_status[code]["n"] for code in sorted(by_status, key=int)}
+    codes.update(client_timeout=data["timeout"], socket_error=socket_errors)
+    return {
+        "connections": connections, "client": "wrk",
+        "goodput_rps": round(ok.get("n", 0) / seconds, 1),
+        "answered_rps": round(sum(v["n"] for v in by_status.values()) / seconds, 1),
+        "codes": codes,
+        "ok_p50_ms": ok.get("p50_ms"), "ok_p99_ms": ok.get("p99_ms"), "ok_max_ms": ok.get("max_ms"),
+        "shed_p50_ms": shed.get("p50_ms"), "shed_p95_ms": shed.get("p95_ms"), "shed_max_ms": shed.get("max_ms"),
+        "timeouts": data["timeout"], "socket_errors": socket_errors,
+        "p50_ms": round(data["p50_us"] / 1000, 2), "p99_ms": round(data["p99_us"] / 1000, 2),
+        "max_ms": round(data["max_us"] / 1000, 2),
+        "unmatched": data["unmatched"], "latency_by_status": by_status,
+    }
+
+
+def run_wrk(url: str, connections: int, duration: float, lua: Path, wrk: str = "wrk") -> dict[str, Any]:
+    """A closed loop of ``connections`` against ``url`` with wrk and WRK_LUA (in the file ``lua``)."""
+    command = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
                "-s", str(lua), url]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=duration + 30, check=False)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("STATUSJSON ")), None)
     if line is None:
-        return {"error": (proc.stdout + proc.stderr)[-300:]}
-    data: dict[str, Any] = json.loads(line[len("WRKJSON "):])
-    seconds = data["duration_us"] / 1e6
-    return {
-        "connections": connections, "goodput_rps": round(data["codes"].get("200", 0) / seconds, 1),
-        "codes": data["codes"], "timeouts": data["timeout"],
-        "socket_errors": data["connect"] + data["read"] + data["write"],
-        "p50_ms": data["p50_us"] / 1000, "p99_ms": data["p99_us"] / 1000, "max_ms": data["max_us"] / 1000,
-    }
+        raise RuntimeError(f"wrk gave no STATUSJSON line (exit {proc.returncode}): "
+                           f"{proc.stdout[-500:]} {proc.stderr[-500:]}")
+    return wrk_row(json.loads(line[len("STATUSJSON "):]), connections)
+
+
+def with_cpu(a: ServiceProcess, b: ServiceProcess, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``load()``'s row plus ``cpu_s``: the CPU seconds A, B and the client (a finished child) spent on it."""
+    from bench.run import group_cpu_seconds
+
+    def now() -> tuple[float, float, float]:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return group_cpu_seconds(a), group_cpu_seconds(b), kids.ru_utime + kids.ru_stime
+
+    before = now()
+    row = load()
+    spent = zip(("a", "b", "client"), now(), before, strict=True)
+    row["cpu_s"] = {name: round(after - first, 2) for name, after, first in spent}
+    return row
 
 
 def run_mode(mode: str, args: argparse.Namespace, work: Path, capacity: float | None) -> dict[str, Any]:
@@ -233,23 +362,22 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path, capacity: float | 
     try:
         b = start_service("b", work, a_port=a.port, env=env)
         try:
-            generate(b.port, "closed", 2.0, 8)  # warm-up: imports, pools
-            result: dict[str, Any] = {"mode": mode, "closed": [], "open": [], "wrk": []}
+            url, lua = f"{b.url}{PATH}", work / "status.lua"
+            run_wrk(url, 8, 2.0, lua, args.wrk)  # warm-up: imports, pools
+            result: dict[str, Any] = {"mode": mode, "closed": [], "open": []}
             for conns in args.connections:
-                row = {"connections": conns, **generate(b.port, "closed", args.duration, conns)}
+                row = with_cpu(a, b, functools.partial(run_wrk, url, conns, args.duration, lua, args.wrk))
                 result["closed"].append(row)
                 print(f"  {mode:<8} closed c={conns:<5} {_line(row)}", flush=True)
-            capacity = capacity or result["closed"][0]["goodput_rps"]
+            # The open loop's 1x: what the Python generator itself reaches against B in a closed loop
+            # of 16 connections. wrk's goodput is more than the generator can offer at all.
+            capacity = capacity or generate(b.port, "closed", args.duration, 16)["goodput_rps"]
             for factor in args.rates:
                 rate = max(1.0, capacity * factor)
-                row = {"factor": factor, "rate": round(rate, 1),
-                       **generate(b.port, "open", args.duration, 1024, rate)}
+                row = {"factor": factor, "rate": round(rate, 1), "client": "python",
+                       **with_cpu(a, b, functools.partial(generate, b.port, "open", args.duration, 1024, rate))}
                 result["open"].append(row)
                 print(f"  {mode:<8} open {factor:g}x ({rate:.0f}/s) {_line(row)}", flush=True)
-            for conns in args.wrk_connections:
-                row = run_wrk(f"{b.url}{PATH}", conns, args.duration, work / "codes.lua")
-                result["wrk"].append(row)
-                print(f"  {mode:<8} wrk c={conns:<5} {row}", flush=True)
             after = [b.get(PATH, timeout=TIMEOUT_S).status_code for _ in range(5)]
             result["after_overload"] = after
             result["limit_moves"] = [line.split(" INFO ", 1)[-1][:90] for line in b.log_lines()
@@ -268,8 +396,11 @@ def run_mode(mode: str, args: argparse.Namespace, work: Path, capacity: float | 
 
 
 def _line(row: dict[str, Any]) -> str:
+    cpu = "/".join(f"{row['cpu_s'][n]:.1f}" for n in ("a", "b", "client")) if "cpu_s" in row else "?"
+    unmatched = f"  unmatched {row['unmatched']}" if row.get("unmatched") else ""
     return (f"goodput {row['goodput_rps']:>7.1f}/s  200 p50/p99 {row['ok_p50_ms']}/{row['ok_p99_ms']} ms"
-            f"  503 p50/p95 {row['shed_p50_ms']}/{row['shed_p95_ms']} ms  {row['codes']}")
+            f"  503 p50/p95 {row['shed_p50_ms']}/{row['shed_p95_ms']} ms  {row['codes']}"
+            f"  CPU s A/B/{row.get('client', '?')} {cpu}{unmatched}")
 
 
 def draw(results: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -334,11 +465,17 @@ def main(argv: list[str] | None = None) -> int:
     default_conns = "16,256" if args.quick else "16,64,256,512,1024"
     args.connections = [int(c) for c in (args.connections_list or default_conns).split(",")]
     args.rates = [1.0, 4.0] if args.quick else [1.0, 2.0, 4.0]
-    args.wrk_connections = [] if args.quick else [16, 512]
+    from bench.run import ensure_wrk
+
+    args.wrk = ensure_wrk()
+    if args.wrk is None:
+        print("overload bench needs wrk for its closed loop: install it (apt-get install wrk) and put it on PATH",
+              file=sys.stderr)
+        return 1
     args.out = args.out or REPO / "bench" / "results" / ("quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="echo-overload-"))
-    (work / "codes.lua").write_text(WRK_LUA)
+    (work / "status.lua").write_text(WRK_LUA)
     load_before = os.getloadavg()
     print(f"overload bench: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before start", flush=True)
     begun = time.monotonic()
@@ -356,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration, "results": results, "elapsed_s": round(time.monotonic() - begun, 1),
     }
     (args.out / "overload.json").write_text(json.dumps(report, indent=2) + "\n")
-    title = (f"B /call-echo under overload, production defaults; {os.cpu_count()} CPUs shared by generator, A, B"
+    title = (f"B /call-echo under overload, production defaults; {os.cpu_count()} CPUs shared by the client"
+             f" (closed: wrk, latency per status on its clock; open: Python generator), A, B"
              f" (and other work: load avg {load_before[0]:.1f}); {args.duration:g}s per point")
     draw(results, args.out / "overload.png", title)
     print(f"results: {args.out / 'overload.json'}, {args.out / 'overload.png'} ({report['elapsed_s']} s)")
