@@ -105,3 +105,42 @@ def test_a_does_no_work_for_a_propagated_deadline_that_has_already_passed(servic
     slow = requests.get(f"{a.url}/echo?msg=inbudget", headers={"X-Request-Timeout-Ms": "2000"}, timeout=5)
     assert slow.status_code == 200  # a live deadline still gets the work done
     assert "abandoned /echo" not in a.log_text()
+
+
+KEEPALIVE_S = 5.0  # gunicorn.conf.py: how long an idle keep-alive connection may hold its place
+
+
+def test_idle_keep_alive_connections_make_room_for_a_new_client(services):
+    """With every one of a worker's WORKER_CONNECTIONS held (two idle keep-alive clients, one in the
+    middle of a request), a new client is answered without waiting out the keep-alive timeout: the
+    idle connections are closed cleanly to make room, and the busy one still gets its answer."""
+    import http.client
+    import socket
+
+    a = services("a", workers=1, env={"WORKER_CONNECTIONS": "3", "FAULT_DELAY_MS": "1500", "LOG_PROBES": "false"})
+    idle = []
+    for _ in range(2):
+        conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=10)
+        conn.request("GET", "/health")
+        answer = conn.getresponse()
+        assert (answer.status, answer.read()) == (200, b'{"status":"ok"}')
+        idle.append(conn)
+    busy = http.client.HTTPConnection("127.0.0.1", a.port, timeout=10)
+    busy.request("GET", "/echo?msg=busy")  # 1.5 s in A's handler: the third and last place
+    started = time.monotonic()
+    newcomer = requests.get(f"{a.url}/health", timeout=10)
+    took = time.monotonic() - started
+    print(f"\nnew client with all 3 places taken: answered in {took * 1000:.0f}ms", flush=True)
+    assert newcomer.status_code == 200
+    assert took < KEEPALIVE_S / 2  # not the keep-alive timeout of the idle connections (~5 s)
+    answer = busy.getresponse()
+    assert (answer.status, answer.read()) == (200, b'{"echo":"busy"}')
+    for conn in idle:
+        assert conn.sock is not None
+        conn.sock.settimeout(2)
+        try:
+            assert conn.sock.recv(1) == b""  # closed by the server: an end of stream, not a reset
+        except socket.timeout:
+            raise AssertionError("an idle keep-alive connection was left open while a new client waited") from None
+        conn.close()
+    busy.close()

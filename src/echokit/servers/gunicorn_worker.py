@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import time
 import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
 from types import FrameType, TracebackType
 from typing import Any
@@ -48,7 +50,7 @@ class _NextRequestWait:
         self.greenlet = gevent.getcurrent()
         self.timeout.start()
         if self.idle:
-            self.worker._idle_waits.add(self)
+            self.worker._idle_waits[self] = None  # last: the dict's order is oldest idle first
             if not self.worker.alive:
                 # Stopping already: _stop_accepting ran while this connection was still answering its last
                 # request (SIGTERM right after the client read it), so it did not see this wait.
@@ -56,15 +58,18 @@ class _NextRequestWait:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> bool:
-        self.worker._idle_waits.discard(self)
+        self.worker._idle_waits.pop(self, None)
         self.timeout.close()
         return value is self.timeout  # our own timeout: no next request, so gunicorn closes the connection
 
-    def end_if_still_idle(self) -> None:
-        """Close the connection unless a request arrived since the worker started stopping."""
+    def end_if_still_idle(self) -> bool:
+        """Close the connection unless it is no longer idle (a request arrived); whether it was closed."""
         if self in self.worker._idle_waits and isinstance(self.greenlet, gevent.Greenlet):
+            del self.worker._idle_waits[self]  # once: a second call before the greenlet ends does nothing
             self.timeout.close()
             self.greenlet.kill(self.timeout, block=False)
+            return True
+        return False
 
 
 # --- arrival time: budgets count from when the server read the request, not from when the handler ran ---
@@ -106,8 +111,61 @@ class _StampArrival:
 ACCEPT_PER_TURN = 64
 
 
-class _OwnSocketStreamServer(ggevent.StreamServer):  # type: ignore[misc]
-    """gevent's StreamServer accepting up to ACCEPT_PER_TURN connections per loop turn, whatever gunicorn sets."""
+# How many idle keep-alive connections a worker whose connections are all taken closes at a time,
+# to make room for connections waiting to be accepted (nginx closes up to 32 the same way).
+RELEASE_PER_TURN = 32
+
+
+class _ReleasingStreamServer(ggevent.StreamServer):  # type: ignore[misc]
+    """gevent's StreamServer that, with all ``WORKER_CONNECTIONS`` taken, closes the longest-idle
+    keep-alive connections instead of leaving new connections in the accept queue.
+
+    gevent stops accepting while the worker's pool is full and starts again when a connection ends.
+    Idle keep-alive connections (a client's pool, between its requests) hold their place for up to
+    ``keepalive`` seconds, so a new client could wait that long before its request was even read
+    (seen: 5.4 s under an open-loop flood of new connections). Closing an idle keep-alive
+    connection is always allowed to a server (RFC 9112 9.8); the oldest are the least likely to be
+    in use, and busy connections are never touched.
+    """
+
+    release_idle: Callable[[int], int] | None = None  # the worker's, set in its run(): one worker per process
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting_watcher: Any = None
+        pool_full: Callable[[], bool] = self.full  # type: ignore[has-type]  # the pool's, set on the instance
+
+        def full() -> bool:
+            if not pool_full():
+                return False
+            # gevent stops watching the socket now; this watches it for the next connection instead.
+            if self.release_idle is not None and self._waiting_watcher is None:
+                self._waiting_watcher = self.loop.io(self.socket.fileno(), 1)
+                self._waiting_watcher.start(functools.partial(self._connection_waiting, pool_full))
+            return True
+
+        self.full = full
+
+    def _connection_waiting(self, pool_full: Callable[[], bool]) -> None:
+        """A connection waits to be accepted: if every place is still taken, free the longest-idle ones."""
+        self._stop_waiting_watcher()
+        if pool_full() and self.release_idle is not None:
+            self.release_idle(RELEASE_PER_TURN)  # their greenlets end, the pool frees, accepting resumes
+
+    def _stop_waiting_watcher(self) -> None:
+        if self._waiting_watcher is not None:
+            self._waiting_watcher.stop()
+            self._waiting_watcher.close()
+            self._waiting_watcher = None
+
+    def close(self) -> None:
+        self._stop_waiting_watcher()
+        super().close()
+
+
+class _OwnSocketStreamServer(_ReleasingStreamServer):
+    """The server for a worker with its own listening socket (reuse_port): up to ACCEPT_PER_TURN
+    connections accepted per loop turn, whatever gunicorn sets."""
 
     @property
     def max_accept(self) -> int:
@@ -129,7 +187,7 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._idle_waits: set[_NextRequestWait] = set()
+        self._idle_waits: dict[_NextRequestWait, None] = {}  # an ordered set: oldest idle first
         self._connections_seen: weakref.WeakSet[Any] = weakref.WeakSet()
         self._http: http11.ServerConfig | None = None  # set once the app is loaded, unless gunicorn serves
 
@@ -215,9 +273,21 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
             gevent.sleep(0)
 
     def run(self) -> None:
-        if self.cfg.reuse_port:
-            ggevent.StreamServer = _OwnSocketStreamServer  # the module gunicorn's run() builds servers from
+        _ReleasingStreamServer.release_idle = self._release_idle
+        # The module gunicorn's run() builds its servers from.
+        ggevent.StreamServer = _OwnSocketStreamServer if self.cfg.reuse_port else _ReleasingStreamServer
         super().run()
+
+    def _release_idle(self, count: int) -> int:
+        """Close up to ``count`` of the connections idle longest between requests; how many."""
+        released = 0
+        for wait in list(self._idle_waits)[:count]:
+            if wait.end_if_still_idle():
+                released += 1
+        if released:
+            self.log.debug("all %d connections taken: closed %d idle keep-alive connection(s)",
+                           self.worker_connections, released)
+        return released
 
     def load_wsgi(self) -> None:
         """Load the app, and find its lifecycle now: an app without one fails the boot, loudly."""
