@@ -144,7 +144,8 @@ ENV_VARS: dict[str, EnvVar] = _declare(
     _number("ADMISSION_LOG_CHANGE_SHARE", "0.5", "Log the limit when it has moved by more than this share.", "B",
             0.01, 100),
     _int("WEB_CONCURRENCY", "2", "gunicorn worker processes (production mode only).", "A,B", 1, 64, "processes"),
-    _int("WORKER_CONNECTIONS", "1000", "Concurrent connections per gunicorn worker (production mode).", "A,B",
+    _int("WORKER_CONNECTIONS", "1000", "Concurrent connections per gunicorn worker (production mode); when all are "
+         "taken and a new client waits, the longest-idle keep-alive ones are closed for it.", "A,B",
          1, 100_000, "connections"),
     _int("FAULT_DELAY_MS", "0", "Fault injection: delay every /echo by this much (0 = off).", "A",
          0, MAX_FAULT_DELAY_MS, "ms"),
