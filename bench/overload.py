@@ -403,6 +403,11 @@ def _line(row: dict[str, Any]) -> str:
             f"  CPU s A/B/{row.get('client', '?')} {cpu}{unmatched}")
 
 
+def _nan(value: float | None) -> float:
+    """A figure to plot: None (no such answers in the row) leaves a gap, not a drop to zero."""
+    return float("nan") if value is None else value
+
+
 def draw(results: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -418,15 +423,19 @@ def draw(results: list[dict[str, Any]], path: Path, title: str) -> None:
                      label=f"{res['mode']}: goodput (200/s)")
         axes[0].plot(xs, [r["answered_rps"] for r in res["closed"]], ":", color=color, marker=marker,
                      alpha=0.5, label=f"{res['mode']}: all answers/s")
-        axes[1].plot(xs, [r["ok_p99_ms"] or 0 for r in res["closed"]], line, color=color, marker=marker,
+        axes[1].plot(xs, [_nan(r["ok_p99_ms"]) for r in res["closed"]], line, color=color, marker=marker,
                      label=f"{res['mode']}: 200 p99")
-        axes[1].plot(xs, [r["shed_p95_ms"] or 0 for r in res["closed"]], ":", color=color, marker=marker,
+        axes[1].plot(xs, [_nan(r["shed_p95_ms"]) for r in res["closed"]], ":", color=color, marker=marker,
                      alpha=0.6, label=f"{res['mode']}: 503 p95")
         fx = [r["factor"] for r in res["open"]]
         axes[2].plot(fx, [r["goodput_rps"] for r in res["open"]], line, color=color, marker=marker,
                      label=f"{res['mode']}: goodput")
         axes[2].plot(fx, [r["rate"] for r in res["open"]], ":", color="gray", alpha=0.4)
     axes[0].set(xscale="log", xlabel="connections (closed loop)", ylabel="requests/s", title="goodput vs offered load")
+    axes[1].axhline(300, color="gray", linewidth=0.8, alpha=0.6, label="issue 15: 200 p99 <= 300 ms")
+    axes[1].axhline(100, color="gray", linewidth=0.8, linestyle=":", alpha=0.6, label="issue 15: 503 p95 <= 100 ms")
+    axes[0].set_ylim(bottom=0)  # from zero: a 10 % drop should look like one
+    axes[2].set_ylim(bottom=0)
     axes[1].set(xscale="log", yscale="log", xlabel="connections (closed loop)", ylabel="ms",
                 title="latency of answers (200 p99, 503 p95)")
     axes[2].set(xlabel="offered rate / capacity (open loop)", ylabel="requests/s",
