@@ -244,8 +244,9 @@ def outbound_since(b: ServiceProcess, start_line: int) -> list[str]:
 
 @pytest.mark.skipif(os.geteuid() != 0 or not os.access(HOSTS, os.W_OK), reason="needs a writable /etc/hosts")
 def test_a_name_is_followed_as_its_addresses_change(services):
-    """One name over 127.0.0.2-4: a new address gets >= 15 % of calls within 12 s, a removed one gets
-    none 7 s after removal, and every call is 200 throughout."""
+    """One name over 127.0.0.2-4: a new address gets >= 15 % of the calls made in its first 12 s
+    (the share from 1.5 s to 11.5 s), a removed one gets none 7 s after removal, and every call is 200
+    throughout."""
     name = f"replicas-{os.getpid()}.test"
     port = free_port()
     ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
@@ -254,14 +255,16 @@ def test_a_name_is_followed_as_its_addresses_change(services):
         set_addresses(ips[:2], name)
         b = services("b", env={**B_ENV, "SERVICE_A_URL": f"http://{name}:{port}", "SERVICE_A_RESOLVE_SECONDS": "1"},
                      workers=1)
-        load = LoadGenerator(b.port, **LOAD, duration_s=17.5).start()
+        load = LoadGenerator(b.port, **LOAD, duration_s=23.5).start()
         wait_until(lambda: load.now() >= 1.0, 5, "steady load")
         set_addresses(ips, name)  # 127.0.0.4 added
         added_at = load.now()
-        # B re-resolves every second: the share is taken from 1.5 s to 5.5 s after the change.
+        # B re-resolves every second: the share is taken from 1.5 s to 11.5 s after the change. Not a
+        # shorter window: peak EWMA avoids an endpoint for a few seconds after any latency spike (a
+        # descheduled process on a busy 2-core machine), so a 4 s window measured 3 % to 54 %.
         wait_until(lambda: load.now() >= added_at + 1.5, 10, "B to re-resolve")
         mark = len(b.log_lines())
-        wait_until(lambda: load.now() >= added_at + 5.5, 10, "4 s with the new address")
+        wait_until(lambda: load.now() >= added_at + 11.5, 15, "10 s with the new address")
         window = outbound_since(b, mark)
         new_share = window.count(f"{ips[2]}:{port}") / max(1, len(window))
         set_addresses(ips[1:], name)  # 127.0.0.2 removed
@@ -274,7 +277,7 @@ def test_a_name_is_followed_as_its_addresses_change(services):
         gone_after = served(a_list)[0]
         results = load.join()
     Summary("replicas 5: one name, addresses added and removed", results, {
-        "new address share, 1.5-5.5 s after it appeared": f"{new_share:.0%}", "served": served(a_list),
+        "new address share, 1.5-11.5 s after it appeared": f"{new_share:.0%}", "served": served(a_list),
         "calls to the removed address 7-9 s after removal": gone_after - gone_before,
     }).print()
     assert all(r.status == 200 and r.valid for r in results), [r for r in results if r.status != 200][:3]
