@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import time
 import weakref
 from collections.abc import Callable
@@ -133,23 +132,23 @@ class _ReleasingStreamServer(ggevent.StreamServer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._waiting_watcher: Any = None
-        pool_full: Callable[[], bool] = self.full  # type: ignore[has-type]  # the pool's, set on the instance
+        self._pool_full: Callable[[], bool] = self.full  # type: ignore[has-type]  # the pool's, set on the instance
+        self.full = self._full_or_make_room
 
-        def full() -> bool:
-            if not pool_full():
-                return False
-            # gevent stops watching the socket now; this watches it for the next connection instead.
-            if self.release_idle is not None and self._waiting_watcher is None:
-                self._waiting_watcher = self.loop.io(self.socket.fileno(), 1)
-                self._waiting_watcher.start(functools.partial(self._connection_waiting, pool_full))
-            return True
+    def _full_or_make_room(self) -> bool:
+        """The pool's ``full()``; when full, the listening socket is watched for a waiting connection."""
+        if not self._pool_full():
+            return False
+        # gevent stops watching the socket now; this watches it for the next connection instead.
+        if self.release_idle is not None and self._waiting_watcher is None:
+            self._waiting_watcher = self.loop.io(self.socket.fileno(), 1)
+            self._waiting_watcher.start(self._connection_waiting)
+        return True
 
-        self.full = full
-
-    def _connection_waiting(self, pool_full: Callable[[], bool]) -> None:
+    def _connection_waiting(self) -> None:
         """A connection waits to be accepted: if every place is still taken, free the longest-idle ones."""
         self._stop_waiting_watcher()
-        if pool_full() and self.release_idle is not None:
+        if self._pool_full() and self.release_idle is not None:
             self.release_idle(RELEASE_PER_TURN)  # their greenlets end, the pool frees, accepting resumes
 
     def _stop_waiting_watcher(self) -> None:
