@@ -130,3 +130,55 @@ def test_the_access_line_is_the_stdlib_lines_bytes(
         logger.handlers.extend(others)
     assert written[0] == written[1]
     assert written[0].count("\n") == 1 and "rid-7" in written[0]
+
+
+def test_lines_to_a_real_file_are_the_stdlib_lines_bytes_in_order(
+    monkeypatch: pytest.MonkeyPatch, logger: logging.Logger, tmp_path: Any
+) -> None:
+    """To a real file (stderr, as the services run) the direct path writes to the descriptor itself:
+    the same bytes as the stdlib path, non-ASCII included, after whatever the stream already held."""
+    assert isinstance(logger, ServiceLogger)
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_123.4567)
+    handler = logger.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    others = logger.handlers[1:]
+    del logger.handlers[1:]
+    written = []
+    try:
+        for direct in (True, False):
+            path = tmp_path / f"direct-{direct}.log"
+            with open(path, "w", encoding="utf-8") as stream:
+                handler.setStream(stream)
+                stream.write("before\n")  # still in the stream's buffer: it must come out first
+                if not direct:
+                    logger.addFilter(logging.Filter())  # the stdlib path
+                logger.access("GET", "/caf\u00e9\n2024-01-01 FAKE", 200, 0.5, None)
+                logger.info("outbound GET %s -> %d", "http://a/echo", 200)
+                logger.filters.clear()
+                handler.setStream(io.StringIO())
+            written.append(path.read_bytes())
+    finally:
+        logger.handlers.extend(others)
+    assert written[0] == written[1]
+    lines_written = written[0].decode().splitlines()
+    assert lines_written[0] == "before" and len(lines_written) == 3
+    assert "caf\u00e9" in lines_written[1] and "FAKE" in lines_written[1]
+
+
+def test_a_closed_stream_is_never_written_through_its_old_descriptor(logger: logging.Logger, tmp_path: Any) -> None:
+    """Once the handler's file is closed, its descriptor number may be another file's: that file
+    gets nothing, and the logger reports the closed stream as the stdlib does."""
+    handler = logger.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    stream = open(tmp_path / "first.log", "w", encoding="utf-8")  # noqa: SIM115 - closed by hand below
+    handler.setStream(stream)
+    logs._write(handler, "to the first file")  # straight to the descriptor, which is now known
+    old_fd = stream.fileno()
+    stream.close()
+    with open(tmp_path / "second.log", "w", encoding="utf-8") as other:
+        assert other.fileno() == old_fd  # the lowest free number: the one just released
+        with pytest.raises(ValueError):  # I/O on a closed file, as a TextIOWrapper says it
+            logs._write(handler, "must not reach the second file")
+    handler.stream = io.StringIO()  # not setStream: it would flush the closed file
+    assert (tmp_path / "second.log").read_text() == ""
+    assert "to the first file" in (tmp_path / "first.log").read_text()
