@@ -131,3 +131,73 @@ def test_hostile_paths_cannot_grow_the_route_memory():
         assert _request(lean, "GET", f"/items/{n}").status_code == 200
         assert _request(lean, "GET", "/" * (n % 50 + 1) + "echo").status_code == 200
     assert {key[1:3] for key in lean._routes} == {("/echo", "GET")}
+
+
+SIGNALS = ("appcontext_pushed", "request_started", "request_finished", "request_tearing_down",
+           "appcontext_tearing_down", "appcontext_popped")
+
+
+def test_connected_receivers_get_every_signal_flask_sends():
+    """A receiver connected to any of Flask's six request signals, before or between requests, hears
+    what it hears under plain Flask, in the same order; with none connected the requests still answer."""
+    from flask import signals
+
+    def heard(app: Flask) -> list[list[str]]:
+        @app.get("/echo")
+        def echo() -> Response:
+            return Response("x")
+
+        client = app.test_client()
+        rounds: list[list[str]] = [[]]  # nothing connected: only the answer counts
+        assert client.get("/echo").status_code == 200
+        got: list[str] = []
+        receivers = {name: (lambda sender, name=name, **extra: got.append(name)) for name in SIGNALS}
+        for name, receiver in receivers.items():  # connected after the app has served
+            getattr(signals, name).connect(receiver, app)
+        try:
+            for path in ("/echo", "/nowhere"):
+                got.clear()
+                client.get(path)
+                rounds.append(list(got))
+        finally:
+            for name, receiver in receivers.items():
+                getattr(signals, name).disconnect(receiver, app)
+        return rounds
+
+    lean, plain = heard(LeanFlask(__name__)), heard(Flask(__name__))
+    assert lean == plain
+    assert lean[1] == list(SIGNALS)
+
+
+def test_teardown_functions_see_the_request_error_as_in_flask():
+    """teardown_request and teardown_appcontext functions run after every request, with the
+    exception of a view that failed and None otherwise, as under plain Flask."""
+
+    def seen(app: Flask) -> list[tuple[str, str | None]]:
+        calls: list[tuple[str, str | None]] = []
+
+        @app.get("/ok")
+        def ok() -> Response:
+            return Response("x")
+
+        @app.get("/boom")
+        def boom() -> Response:
+            raise RuntimeError("boom")
+
+        @app.teardown_request
+        def request_done(exc: BaseException | None) -> None:
+            calls.append(("request", repr(exc) if exc else None))
+
+        @app.teardown_appcontext
+        def context_done(exc: BaseException | None) -> None:
+            calls.append(("appcontext", repr(exc) if exc else None))
+
+        client = app.test_client()
+        assert client.get("/ok").status_code == 200
+        assert client.get("/boom").status_code == 500
+        return calls
+
+    lean, plain = seen(LeanFlask(__name__)), seen(Flask(__name__))
+    assert lean == plain
+    assert lean == [("request", None), ("appcontext", None),
+                    ("request", "RuntimeError('boom')"), ("appcontext", "RuntimeError('boom')")]
