@@ -482,6 +482,23 @@ def test_a_silent_or_slow_client_is_dropped_after_the_keep_alive_timeout(serve: 
                 assert sock.recv(100) == b""  # closed (a timeout here would raise instead)
 
 
+def test_the_keep_alive_timeout_counts_from_each_answer_not_from_the_connection(
+    serve: Callable[..., WorkerServing],
+) -> None:
+    """A client that sends its next request within ``keepalive`` seconds of each answer keeps its
+    connection for longer than ``keepalive`` in all: every wait for a next request gets the full time."""
+    server = serve(Recorder(), keepalive=1)
+    with server.connect(timeout=5) as sock, sock.makefile("rb") as stream:
+        started = time.monotonic()
+        for _ in range(6):  # 6 requests 0.3 s apart: 1.5 s on one connection, each gap well inside 1 s
+            sock.sendall(GET)
+            assert read_answer(stream).headers["connection"] == "keep-alive"
+            time.sleep(0.3)  # the idle gap under test, not a wait for a condition
+        assert time.monotonic() - started > 1.5
+        sock.sendall(GET)
+        assert read_answer(stream).status == 200  # still the same connection
+
+
 def test_a_stopping_worker_closes_idle_connections_and_says_close_on_busy_ones(
     serve: Callable[..., WorkerServing],
 ) -> None:
