@@ -121,8 +121,8 @@ class LeanFlask(Flask):
       for them is skipped. ``after_this_request`` and error handling are Flask's.
     * Signals and teardown functions: Flask sends six signals per request (request started,
       finished and tearing down; app context pushed, tearing down and popped) and walks the
-      teardown functions. A signal with no receiver, or a walk over none, is skipped (about 2 µs a
-      request together); whether anything is connected is looked at on every request, so a
+      teardown functions. A signal with no receiver, or a walk over none, is skipped (about 4 µs a
+      request together, measured); whether anything is connected is looked at on every request, so a
       receiver connected at any time gets every signal from then on, as in Flask.
     """
 

@@ -46,11 +46,11 @@ class _NextRequestWait:
     seconds.
 
     ``reusable``: one per connection, entered once per request. Its libev timer is armed with
-    ``again()``, which restarts it with the full time; a new ``gevent.Timeout`` per request cost
-    about 8 µs of a loaded worker's ~120 per request (bench.floor's rows), and a stopped one-shot
-    timer started again resumes with the time it had left, which cut connections early. The timer
-    is a repeating one only so that ``again()`` re-arms it; every exit stops it. Whoever made a
-    reusable one calls :meth:`close` when the connection ends.
+    ``again()``, which restarts it with the full time. A new ``gevent.Timeout`` per request cost
+    about 8 µs of a loaded worker's ~120 per request (docs/performance-comparison.md, section 2),
+    and a stopped one-shot timer started again resumes with the time it had left, which cut
+    connections early. The timer is a repeating one only so that ``again()`` re-arms it; every exit
+    stops it. Whoever made a reusable one calls :meth:`close` when the connection ends.
     """
 
     def __init__(self, worker: GracefulGeventWorker, seconds: float, idle: bool, reusable: bool = False) -> None:
