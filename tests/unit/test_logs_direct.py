@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import time
@@ -32,22 +33,32 @@ def logger(request: pytest.FixtureRequest) -> Iterator[logging.Logger]:
     logging.getLogger("echokit_test_direct").handlers.clear()
 
 
-def lines(logger: logging.Logger, direct: bool, msg: str, args: tuple[object, ...], extra: object) -> str:
+@contextlib.contextmanager
+def own_handler_only(logger: logging.Logger) -> Iterator[logging.StreamHandler]:  # type: ignore[type-arg]
+    """The logger's own handler, with pytest's capture handlers (added to non-propagating loggers)
+    taken off meanwhile: with a second handler every record would take the stdlib path."""
     handler = logger.handlers[0]
     assert isinstance(handler, logging.StreamHandler)
-    stream = io.StringIO()
-    handler.setStream(stream)
-    blocker = logging.Filter()  # lets everything through, but any logger filter means the stdlib path
-    if not direct:
-        logger.addFilter(blocker)
-    others = logger.handlers[1:]  # pytest's capture handlers, added to non-propagating loggers
+    others = logger.handlers[1:]
     del logger.handlers[1:]
     try:
-        logger.info(msg, *args, extra=extra)  # type: ignore[arg-type]
-        logger.warning(msg, *args, extra=extra)  # type: ignore[arg-type]
+        yield handler
     finally:
-        logger.removeFilter(blocker)
         logger.handlers.extend(others)
+
+
+def lines(logger: logging.Logger, direct: bool, msg: str, args: tuple[object, ...], extra: object) -> str:
+    stream = io.StringIO()
+    blocker = logging.Filter()  # lets everything through, but any logger filter means the stdlib path
+    with own_handler_only(logger) as handler:
+        handler.setStream(stream)
+        if not direct:
+            logger.addFilter(blocker)
+        try:
+            logger.info(msg, *args, extra=extra)  # type: ignore[arg-type]
+            logger.warning(msg, *args, extra=extra)  # type: ignore[arg-type]
+        finally:
+            logger.removeFilter(blocker)
     return stream.getvalue()
 
 
@@ -107,27 +118,23 @@ def test_the_access_line_is_the_stdlib_lines_bytes(
     """ServiceLogger.access writes what info(ACCESS_FORMAT, ..., extra=fields) writes, text or JSON."""
     assert isinstance(logger, ServiceLogger)
     monkeypatch.setattr(time, "time", lambda: 1_700_000_123.4567)
-    handler = logger.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    others = logger.handlers[1:]
-    del logger.handlers[1:]
     written = []
     token = current_request_id.set("rid-7")
     try:
-        for via_access in (True, False):
-            stream = io.StringIO()
-            handler.setStream(stream)
-            if via_access:
-                logger.access("GET", path, 404, 0.5, trace_id)
-            else:
-                fields = {"method": "GET", "path": path, "status": 404, "latency_ms": 0.5, "trace_id": trace_id}
-                logger.addFilter(logging.Filter())  # the stdlib path
-                logger.info(ACCESS_FORMAT, "GET", path, 404, 0.5, extra=fields)
-                logger.filters.clear()
-            written.append(stream.getvalue())
+        with own_handler_only(logger) as handler:
+            for via_access in (True, False):
+                stream = io.StringIO()
+                handler.setStream(stream)
+                if via_access:
+                    logger.access("GET", path, 404, 0.5, trace_id)
+                else:
+                    fields = {"method": "GET", "path": path, "status": 404, "latency_ms": 0.5, "trace_id": trace_id}
+                    logger.addFilter(logging.Filter())  # the stdlib path
+                    logger.info(ACCESS_FORMAT, "GET", path, 404, 0.5, extra=fields)
+                    logger.filters.clear()
+                written.append(stream.getvalue())
     finally:
         current_request_id.reset(token)
-        logger.handlers.extend(others)
     assert written[0] == written[1]
     assert written[0].count("\n") == 1 and "rid-7" in written[0]
 
@@ -139,12 +146,8 @@ def test_lines_to_a_real_file_are_the_stdlib_lines_bytes_in_order(
     the same bytes as the stdlib path, non-ASCII included, after whatever the stream already held."""
     assert isinstance(logger, ServiceLogger)
     monkeypatch.setattr(time, "time", lambda: 1_700_000_123.4567)
-    handler = logger.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    others = logger.handlers[1:]
-    del logger.handlers[1:]
     written = []
-    try:
+    with own_handler_only(logger) as handler:
         for direct in (True, False):
             path = tmp_path / f"direct-{direct}.log"
             with open(path, "w", encoding="utf-8") as stream:
@@ -157,8 +160,6 @@ def test_lines_to_a_real_file_are_the_stdlib_lines_bytes_in_order(
                 logger.filters.clear()
                 handler.setStream(io.StringIO())
             written.append(path.read_bytes())
-    finally:
-        logger.handlers.extend(others)
     assert written[0] == written[1]
     lines_written = written[0].decode().splitlines()
     assert lines_written[0] == "before" and len(lines_written) == 3
