@@ -29,7 +29,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -283,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         print("HARNESS BROKEN: the comparison needs wrk (Debian package wrk)", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="echo-compare-"))  # service logs: files, never a pipe that fills up
-    (work / "done.lua").write_text(bench.DONE_LUA)
+    work = bench.work_dir("echo-compare-")
     info = bench.machine_info()
     print(f"machine: {info['cpus']} CPUs ({info['cpu_model']}), load average {info['loadavg_1m']} before start;"
           f" {args.workers} workers per service; {args.rounds} round(s) x {args.duration:g}s; wrk -t1", flush=True)

@@ -30,7 +30,6 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -144,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print("HARNESS BROKEN: the floor bench needs wrk (Debian package wrk)", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="echo-floor-"))
-    (work / "done.lua").write_text(bench.DONE_LUA)
+    work = bench.work_dir("echo-floor-")
     info = bench.machine_info()
     print(f"machine: {info['cpus']} CPUs, load average {info['loadavg_1m']} before start;"
           f" {args.workers} process(es) per row; {rounds} round(s) x {duration:g}s; wrk -t1 -c{CONNECTIONS}",

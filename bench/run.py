@@ -110,6 +110,14 @@ def ensure_wrk() -> str | None:
     return shutil.which("wrk")
 
 
+def work_dir(prefix: str) -> Path:
+    """A fresh directory for one run: the services' logs (files, never a pipe that fills up) and
+    ``done.lua``, the script :func:`run_wrk` is given."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    (work / "done.lua").write_text(DONE_LUA)
+    return work
+
+
 def run_wrk(wrk: str, lua: Path, url: str, connections: int, duration_s: float) -> dict[str, Any]:
     """wrk -t1 against ``url``; its done() hook prints the numbers as JSON."""
     command = [
@@ -704,8 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     if wrk is None and not args.python_load:
         print("NOTE: wrk is not installed and could not be installed; using the slower Python load generator")
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="echo-bench-"))  # service logs: files, never a pipe that fills up
-    (work / "done.lua").write_text(DONE_LUA)
+    work = work_dir("echo-bench-")
     extra_env = {"LOG_LEVEL": "INFO"}  # the services' default, stated so the report shows it
     extra_env.update(dict(item.split("=", 1) for item in args.env))
     bench = Bench(args, wrk, work, extra_env)
