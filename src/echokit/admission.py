@@ -8,23 +8,30 @@ Three checks run at a request's entry, cheapest first, before any work is done f
    byte) and reaching this check has stayed above ``queue_target_s`` for a whole ``queue_interval_s``:
    a standing queue, so requests that waited longer than the target are shed until one gets through
    in time again.
-3. **limit** - as many requests as the concurrency limit are already in flight.
+3. **limit** - as many requests as the concurrency limit are already in flight, and the wait queue
+   holds as many as the recent latency says will get a slot within ``queue_wait_s``.
 
 The concurrency limit adapts to the latency of admitted work (:class:`Gradient2Limit`, after Netflix's
-concurrency-limits ``Gradient2Limit``) within a floor and a cap. Nothing waits in a queue here: a
-request over the limit is refused at once, so a shed answer costs microseconds, not a wait.
+concurrency-limits ``Gradient2Limit``) within a floor and a cap. Over the limit, a request takes a
+place in a short first-come-first-served queue (a :class:`Ticket`) when one is free and is handed the
+next slot a finished request releases, or is refused (**queue_timeout**) if none comes within
+``queue_wait_s``; when the queue is full it is refused at once. The queue is what keeps a burst of
+clients waiting inside the service, where each wait is bounded and visible, instead of unread in the
+kernel's socket buffers, where nothing bounds it; its length follows the latency, so the wait stays
+short (``queue_wait_s`` 0: no queue, a request over the limit is refused at once).
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from echokit.resilience.clock import SYSTEM_CLOCK, Clock
 
-SHED_REASONS = ("limit", "queue_time", "deadline")
+SHED_REASONS = ("limit", "queue_time", "deadline", "queue_timeout")
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,10 @@ class AdmissionSettings:
     queue_target_s: float = 0.1
     queue_interval_s: float = 0.2
     log_change_share: float = 0.5
+    # The longest a request over the limit waits for a slot. 0 (no queue: refused at once) for the
+    # controller alone; the services take ADMISSION_QUEUE_WAIT_MS (500 ms by default).
+    queue_wait_s: float = 0.0
+    queue_max: int = 1024  # the most requests waiting at once
 
 
 @dataclass(frozen=True)
@@ -174,6 +185,18 @@ class Permit:
             self._controller._release(self)
 
 
+class Ticket:
+    """A place in the wait queue of a request over the limit: :meth:`AdmissionController.wait` turns it
+    into the :class:`Permit` a finished request hands over, or into a :class:`Shed` at its timeout."""
+
+    __slots__ = ("_granted", "permit", "queued_at")
+
+    def __init__(self, queued_at: float) -> None:
+        self.queued_at = queued_at
+        self.permit: Permit | None = None
+        self._granted = threading.Event()  # gevent's Event once threading is monkey-patched
+
+
 LimitListener = Callable[[int, int, Gradient2Limit], None]
 
 
@@ -193,6 +216,7 @@ class AdmissionController:
         on_limit_change: LimitListener | None = None,
         on_shed: Callable[[str], None] | None = None,
         on_change: Callable[[int, int], None] | None = None,
+        on_queue: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -201,6 +225,8 @@ class AdmissionController:
         self.on_limit_change = on_limit_change
         self.on_shed = on_shed
         self.on_change = on_change  # (limit, in_flight) after every change, for gauges
+        self.on_queue = on_queue  # (requests waiting) after every change of the queue, for a gauge
+        self._queue: deque[Ticket] = deque()
         self._in_flight = 0
         self._reported_limit = self.limiter.limit
         self._lock = threading.Lock()
@@ -213,9 +239,28 @@ class AdmissionController:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def enter(self, arrived_at: float | None = None, budget_s: float | None = None) -> Permit | Shed:
-        """Admit or refuse a request that arrived at ``arrived_at`` (clock time) with ``budget_s`` to live."""
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def queue_capacity(self) -> int:
+        """How many may wait: as many as get one of the limit's slots within ``queue_wait_s`` at the
+        recent latency of admitted work, with one latency to spare (every ``latency`` the limit's
+        slots free up once: ``limit * (queue_wait_s / latency - 1)``). None before that latency has
+        been measured: a wait nobody can estimate is not offered; none when one latency is longer
+        than the wait (a slow or hanging A: refusing at once is kinder than a wait that ends in 503)."""
+        settings = self.settings
+        latency = self.limiter.short_rtt
+        if settings.queue_wait_s <= 0 or latency <= 0:
+            return 0
+        fits = int(self.limiter.limit * (settings.queue_wait_s / latency - 1))
+        return max(0, min(settings.queue_max, fits))
+
+    def enter(self, arrived_at: float | None = None, budget_s: float | None = None) -> Permit | Shed | Ticket:
+        """Admit, queue or refuse a request that arrived at ``arrived_at`` (clock time) with ``budget_s``
+        to live. A :class:`Ticket` must go to :meth:`wait`."""
         now = self.clock.now()
+        queued = None
         sojourn = max(0.0, now - arrived_at) if arrived_at is not None else 0.0
         with self._lock:
             if budget_s is not None and sojourn >= budget_s:
@@ -230,11 +275,18 @@ class AdmissionController:
                     f"Load shed: the request waited {sojourn * 1000:.0f}ms before it could start "
                     f"(over {self.settings.queue_target_s * 1000:.0f}ms for a while); try again shortly",
                 )
-            elif self._in_flight >= self.limiter.limit:
-                shed = Shed(
-                    "limit",
-                    f"Load shed: {self._in_flight} requests already in flight, the current limit; try again shortly",
-                )
+            elif self._in_flight >= self.limiter.limit:  # (never a free slot while one waits: releases hand them on)
+                if len(self._queue) < self.queue_capacity():
+                    queued = Ticket(now)
+                    self._queue.append(queued)
+                    waiting = len(self._queue)
+                    shed = None
+                else:
+                    shed = Shed(
+                        "limit",
+                        f"Load shed: {self._in_flight} requests already in flight, the current limit, and "
+                        f"{len(self._queue)} waiting; try again shortly",
+                    )
             else:
                 self._in_flight += 1
                 permit = Permit(self, now)
@@ -244,9 +296,33 @@ class AdmissionController:
             if self.on_shed is not None:
                 self.on_shed(shed.reason)
             return shed
+        if queued is not None:
+            if self.on_queue is not None:
+                self.on_queue(waiting)
+            return queued
         if self.on_change is not None:
             self.on_change(limit, in_flight)
         return permit
+
+    def wait(self, ticket: Ticket, timeout_s: float) -> Permit | Shed:
+        """Block (a greenlet, under gevent) until ``ticket`` is handed a slot, for at most ``timeout_s``."""
+        ticket._granted.wait(max(0.0, timeout_s))
+        with self._lock:
+            permit = ticket.permit
+            if permit is None:
+                self._queue.remove(ticket)  # still queued: only a release takes it out, under the lock
+            waiting = len(self._queue)
+        if permit is not None:
+            return permit
+        if self.on_queue is not None:
+            self.on_queue(waiting)
+        waited = self.clock.now() - ticket.queued_at
+        if self.on_shed is not None:
+            self.on_shed("queue_timeout")
+        return Shed(
+            "queue_timeout",
+            f"Load shed: no request slot came free within {waited * 1000:.0f}ms of waiting; try again shortly",
+        )
 
     def _release(self, permit: Permit) -> None:
         now = self.clock.now()
@@ -256,11 +332,21 @@ class AdmissionController:
             self._in_flight -= 1
             if self.limiter.sample(now - permit.admitted_at, in_flight_at_end):
                 report = self._limit_moved()
-            limit, in_flight = self.limiter.limit, self._in_flight
+            granted = []
+            while self._queue and self._in_flight < self.limiter.limit:  # the oldest waiters take the slots
+                ticket = self._queue.popleft()
+                ticket.permit = Permit(self, now)
+                self._in_flight += 1
+                granted.append(ticket)
+            limit, in_flight, waiting = self.limiter.limit, self._in_flight, len(self._queue)
+        for ticket in granted:
+            ticket._granted.set()
         if report is not None and self.on_limit_change is not None:
             self.on_limit_change(report[0], report[1], self.limiter)
         if self.on_change is not None:
             self.on_change(limit, in_flight)
+        if granted and self.on_queue is not None:
+            self.on_queue(waiting)
 
     def _limit_moved(self) -> tuple[int, int] | None:
         new, old = self.limiter.limit, self._reported_limit
@@ -274,6 +360,7 @@ class AdmissionController:
         return {
             "limit": self.limiter.limit,
             "in_flight": self._in_flight,
+            "queued": len(self._queue),
             "latency_ms": round(self.limiter.short_rtt * 1000, 2),
             "baseline_latency_ms": round(self.limiter.long_rtt * 1000, 2),
             "queue_time_shedding": self.codel.dropping,

@@ -7,7 +7,8 @@ one small JSON answer. It does three things for the routes it guards:
   worker when it read the request), and makes every :class:`~echokit.resilience.deadline.Deadline`
   created while serving the request that much shorter;
 * on B, asks the :class:`~echokit.admission.AdmissionController` whether to take the request on,
-  and answers ``503`` JSON with ``Retry-After`` at once when not;
+  lets it wait for a slot when the controller gives it a place in its short queue, and answers
+  ``503`` JSON with ``Retry-After`` when it is refused (at once, or when its wait runs out);
 * on A, no layer: A's ``/echo`` reads :func:`spent_since_arrival` itself, to see how much of the
   caller's propagated deadline (``X-Request-Timeout-Ms``) the request already spent waiting, and
   answers ``504`` without doing the work once none is left (A admits everything else).
@@ -31,6 +32,7 @@ from echokit.admission import (
     AdmissionSettings,
     Gradient2Limit,
     Shed,
+    Ticket,
     retry_after_header,
 )
 from echokit.context import ARRIVAL_ENVIRON
@@ -48,7 +50,7 @@ class AdmissionMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.shed = Counter(
-            "admission_shed", "Requests refused at entry, by reason (limit, queue_time, deadline).",
+            "admission_shed", "Requests refused at entry, by reason (limit, queue_time, deadline, queue_timeout).",
             ("reason",), registry=registry,
         )
         self._shed_children = {reason: self.shed.labels(reason) for reason in SHED_REASONS}  # all shown at 0
@@ -61,9 +63,16 @@ class AdmissionMetrics:
             "admission_in_flight", "Admitted requests in flight (sum over worker processes).",
             registry=registry, multiprocess_mode="livesum",
         )
+        self.queued = Gauge(
+            "admission_queued", "Requests over the limit waiting for a slot (sum over worker processes).",
+            registry=registry, multiprocess_mode="livesum",
+        )
         # The values last written: the controller reports both on every enter and release, and
         # the limit seldom moves; each write is a locked write to the multiprocess file.
         self._written: tuple[int | None, int | None] = (None, None)
+
+    def set_queued(self, waiting: int) -> None:
+        set_gauge(self.queued, waiting)
 
     def count_shed(self, reason: str) -> None:
         self._shed_children[reason].inc()
@@ -89,7 +98,8 @@ def build_controller(
         )
 
     controller = AdmissionController(
-        settings, on_limit_change=limit_moved, on_shed=metrics.count_shed, on_change=metrics.set_state
+        settings, on_limit_change=limit_moved, on_shed=metrics.count_shed, on_change=metrics.set_state,
+        on_queue=metrics.set_queued,
     )
     metrics.set_state(controller.limit, 0)
     return controller
@@ -152,6 +162,12 @@ class AdmissionGate:
                 ))
             return self._serve(environ, start_response, spent)
         decision = self.controller.enter(now - spent, budget)
+        if isinstance(decision, Ticket):  # over the limit, with a place in the queue: wait for a slot
+            wait_s = self.controller.settings.queue_wait_s
+            if budget is not None:
+                wait_s = min(wait_s, budget - spent)
+            decision = self.controller.wait(decision, wait_s)
+            spent = spent_since_arrival(environ)  # the wait counts against the request's budget
         if isinstance(decision, Shed):
             return self._refuse(environ, start_response, decision)
         try:

@@ -141,6 +141,11 @@ ENV_VARS: dict[str, EnvVar] = _declare(
          1, 600_000, "ms"),
     _int("ADMISSION_QUEUE_INTERVAL_MS", "200", "How long queue time stays above the target before shedding.", "B",
          1, 600_000, "ms"),
+    _int("ADMISSION_QUEUE_WAIT_MS", "500", "Longest a request over the limit waits for a slot before a 503 "
+         "(0: refused at once); the queue holds as many as the recent latency says get one in time.", "B",
+         0, 600_000, "ms"),
+    _int("ADMISSION_QUEUE_MAX", "1024", "Most requests waiting for a slot at once, per process.", "B",
+         0, 100_000, "requests"),
     _number("ADMISSION_LOG_CHANGE_SHARE", "0.5", "Log the limit when it has moved by more than this share.", "B",
             0.01, 100),
     _int("WEB_CONCURRENCY", "2", "gunicorn worker processes (production mode only).", "A,B", 1, 64, "processes"),
@@ -522,6 +527,8 @@ def _admission(read: _Reader, upstream: UpstreamSettings) -> AdmissionSettings:
         queue_target_s=read.integer("ADMISSION_QUEUE_TARGET_MS") / 1000,
         queue_interval_s=read.integer("ADMISSION_QUEUE_INTERVAL_MS") / 1000,
         log_change_share=read.number("ADMISSION_LOG_CHANGE_SHARE"),
+        queue_wait_s=read.integer("ADMISSION_QUEUE_WAIT_MS") / 1000,
+        queue_max=read.integer("ADMISSION_QUEUE_MAX"),
     )
 
 

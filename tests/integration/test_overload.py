@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import statistics
+import threading
 import time
 
 import requests
@@ -68,6 +69,35 @@ def test_over_the_limit_b_sheds_at_once_with_503_json_and_retry_after_then_recov
     text = b.get("/metrics").text
     assert metric(text, "admission_shed_total", reason="limit") == len(shed)
     assert metric(text, "admission_limit") == 2
+
+
+def test_a_burst_over_the_limit_waits_briefly_in_the_queue_and_is_served(chain):
+    """Limit 2, A 100 ms, a 1 s queue wait: ten calls at once all get 200, the later ones after waiting
+    for a slot; nothing is shed and the queue is empty again afterwards."""
+    _a, b = chain(a_env=SLOW_A, b_env={**B_ENV, **FIXED_LIMIT_2, "ADMISSION_QUEUE_WAIT_MS": "1000"}, workers=1)
+    for i in range(12):  # one sampling window of A's latency: the queue's length is worked out from it
+        assert b.get(f"/call-echo?msg=warm{i}").status_code == 200
+    url = f"{b.url}/call-echo?msg="
+    answers: dict[int, tuple[int, float]] = {}
+
+    def call(i: int) -> None:
+        started = time.monotonic()
+        response = requests.get(f"{url}burst{i}", headers={"Connection": "close"}, timeout=5)
+        answers[i] = (response.status_code, time.monotonic() - started)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    print(f"\nburst of 10 over a limit of 2: {sorted(answers.values())}")
+    assert [status for status, _ in answers.values()] == [200] * 10
+    assert max(seconds for _, seconds in answers.values()) > 0.3  # 10 calls, 2 at a time, 100 ms each
+    text = b.get("/metrics").text
+    for reason in ("limit", "queue_time", "deadline", "queue_timeout"):
+        assert metric(text, "admission_shed_total", reason=reason) == 0
+    assert metric(text, "admission_queued") == 0
+    assert metric(text, "admission_in_flight") == 0
 
 
 def test_the_limit_and_its_moves_are_visible_in_metrics_and_one_log_line_per_large_move(chain):

@@ -34,7 +34,10 @@ B_FAMILIES = {
     "upstream_hedges": "counter",
     "upstream_endpoint_usable": "gauge",
 }
-ADMISSION_FAMILIES = {"admission_limit": "gauge", "admission_in_flight": "gauge", "admission_shed": "counter"}
+ADMISSION_FAMILIES = {
+    "admission_limit": "gauge", "admission_in_flight": "gauge", "admission_queued": "gauge",
+    "admission_shed": "counter",
+}
 
 
 def stub_app(status: str, body: bytes) -> Any:
