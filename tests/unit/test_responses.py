@@ -138,3 +138,22 @@ def test_json_responses_go_to_the_server_as_werkzeug_sends_them(method, status, 
     body, line, sent = ours.get_wsgi_response(environ)
     expected_body, expected_line, expected_headers = Response.get_wsgi_response(theirs, environ)
     assert (list(body), line, sent) == (list(expected_body), expected_line, expected_headers)
+
+
+@pytest.mark.parametrize("status", [200, 400, 404, 413, 500, 503, 504, 299])
+@pytest.mark.parametrize("headers", [None, {"Retry-After": "1"}])
+def test_a_json_response_is_built_as_werkzeug_builds_one(status, headers):
+    """Same status, headers in the same order, body and flags as Werkzeug's Response given the same
+    arguments, and it changes like one afterwards."""
+    body = b'{"echo":"hi"}'
+    ours = JsonResponse(body, status, headers)
+    theirs = Response(body, status, headers, content_type="application/json", direct_passthrough=True)
+    assert ours.headers.to_wsgi_list() == theirs.headers.to_wsgi_list()
+    assert (ours.status, ours.status_code, ours.get_data(), ours.direct_passthrough) == (
+        theirs.status, theirs.status_code, theirs.get_data(), theirs.direct_passthrough
+    )
+    for response in (ours, theirs):
+        response.headers["X-Extra"] = "1"
+        response.status_code = 201
+        response.set_data(b"{}")
+    assert ours.headers.to_wsgi_list() == theirs.headers.to_wsgi_list() and ours.status == theirs.status
