@@ -25,7 +25,32 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 def to_json(payload: Mapping[str, Any]) -> str:
     """Compact JSON in the key order given, as the document shows it: ``{"echo":"hello"}``."""
-    return _ENCODER.encode(payload)
+    text = _strings_json(payload) if type(payload) is dict else None
+    return _ENCODER.encode(payload) if text is None else text
+
+
+# The string encoder _ENCODER itself uses (ensure_ascii=False): C, when the json module has it.
+_encode_string = json.encoder.encode_basestring
+
+
+def _strings_json(payload: dict[str, Any]) -> str | None:
+    """``_ENCODER.encode(payload)`` for a dict of strings and such dicts (every body of both services),
+    or None for anything else. The encoder builds a new C encoder object per call; this is a quarter
+    of its time for ``{"echo": msg}``."""
+    parts = []
+    for key, value in payload.items():
+        if type(key) is not str:
+            return None
+        if type(value) is str:
+            parts.append(f"{_encode_string(key)}:{_encode_string(value)}")
+        elif type(value) is dict:
+            inner = _strings_json(value)
+            if inner is None:
+                return None
+            parts.append(f"{_encode_string(key)}:{inner}")
+        else:
+            return None
+    return "{" + ",".join(parts) + "}"
 
 
 class JsonResponse(Response):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from flask import Response
+from hypothesis import given
+from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
 from echokit.responses import BadMessageError, JsonResponse, error_response, json_response, parse_msg, to_json
@@ -157,3 +161,17 @@ def test_a_json_response_is_built_as_werkzeug_builds_one(status, headers):
         response.status_code = 201
         response.set_data(b"{}")
     assert ours.headers.to_wsgi_list() == theirs.headers.to_wsgi_list() and ours.status == theirs.status
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
+_BODIES = st.recursive(
+    st.dictionaries(_TEXT, _TEXT | st.integers() | st.none() | st.booleans(), max_size=4),
+    lambda inner: st.dictionaries(_TEXT, inner | _TEXT, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_BODIES)
+def test_json_bodies_are_exactly_what_the_json_module_writes(payload):
+    """Any body, strings, nested objects or other values: json.dumps' compact, non-ASCII output."""
+    assert to_json(payload) == json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
