@@ -278,6 +278,12 @@ class RoutedRequest(Request):
 
     _url_rule: Rule | None = None
 
+    def close(self) -> None:
+        """Werkzeug's: close the uploaded files, if they were ever parsed (here: never; Flask calls this
+        for every request, and the walk over no files cost about 2 % of A's samples under load)."""
+        if "files" in self.__dict__:
+            super().close()
+
     @property
     def url_rule(self) -> Rule | None:
         return self._url_rule

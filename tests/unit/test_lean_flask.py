@@ -201,3 +201,19 @@ def test_teardown_functions_see_the_request_error_as_in_flask():
     assert lean == plain
     assert lean == [("request", None), ("appcontext", None),
                     ("request", "RuntimeError('boom')"), ("appcontext", "RuntimeError('boom')")]
+
+
+def test_closing_a_request_closes_the_files_it_parsed_and_costs_nothing_without_them() -> None:
+    """The services' request class closes uploaded files once they were read, as Werkzeug's does."""
+    from io import BytesIO
+
+    from echokit.web import RoutedRequest
+
+    upload = EnvironBuilder(method="POST", path="/", data={"f": (BytesIO(b"data"), "f.txt")}).get_environ()
+    with_files = RoutedRequest(upload)
+    stored = with_files.files["f"]
+    with_files.close()
+    assert stored.stream.closed
+    untouched = RoutedRequest(EnvironBuilder(path="/echo").get_environ())
+    untouched.close()
+    assert "files" not in untouched.__dict__
