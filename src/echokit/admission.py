@@ -306,7 +306,15 @@ class AdmissionController:
 
     def wait(self, ticket: Ticket, timeout_s: float) -> Permit | Shed:
         """Block (a greenlet, under gevent) until ``ticket`` is handed a slot, for at most ``timeout_s``."""
-        ticket._granted.wait(max(0.0, timeout_s))
+        try:
+            ticket._granted.wait(max(0.0, timeout_s))
+        except BaseException:  # killed while waiting (a worker's exit, a timeout around it): leave nothing held
+            with self._lock:
+                if ticket.permit is None:
+                    self._queue.remove(ticket)
+            if ticket.permit is not None:
+                ticket.permit.release()
+            raise
         with self._lock:
             permit = ticket.permit
             if permit is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from echokit.admission import AdmissionController, AdmissionSettings, Permit, Shed, Ticket
 from echokit.resilience.clock import ManualClock
 
@@ -112,3 +114,32 @@ def test_a_wait_that_runs_out_is_refused_as_queue_timeout_and_gives_up_its_place
     first.release()
     assert stays.permit is not None and gives_up.permit is None
     assert admission.in_flight == 2
+
+
+def test_a_waiter_interrupted_while_waiting_leaves_neither_its_place_nor_a_slot_behind() -> None:
+    """An exception inside the wait (a worker killing its greenlets): the place is given up, and a slot
+    handed over in the meantime goes back."""
+    admission, clock, _shed, _queued = queueing()
+    first, _second = fill(admission, clock)
+    ticket = admission.enter(clock.now())
+    assert isinstance(ticket, Ticket)
+
+    class Interrupted(BaseException):
+        pass
+
+    def interrupted_wait(timeout: float | None = None) -> bool:
+        raise Interrupted
+
+    ticket._granted.wait = interrupted_wait  # type: ignore[method-assign]
+    with pytest.raises(Interrupted):
+        admission.wait(ticket, 1.0)
+    assert admission.queued == 0 and admission.in_flight == 2
+
+    granted = admission.enter(clock.now())
+    assert isinstance(granted, Ticket)
+    first.release()  # hands the slot to the ticket ...
+    assert granted.permit is not None and admission.in_flight == 2
+    granted._granted.wait = interrupted_wait  # type: ignore[method-assign]
+    with pytest.raises(Interrupted):
+        admission.wait(granted, 1.0)  # ... which is interrupted before it could use it
+    assert admission.in_flight == 1
