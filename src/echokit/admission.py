@@ -309,21 +309,13 @@ class AdmissionController:
         try:
             ticket._granted.wait(max(0.0, timeout_s))
         except BaseException:  # killed while waiting (a worker's exit, a timeout around it): leave nothing held
-            with self._lock:
-                if ticket.permit is None:
-                    self._queue.remove(ticket)
-            if ticket.permit is not None:
-                ticket.permit.release()
+            permit = self._withdraw(ticket)
+            if permit is not None:
+                permit.release()
             raise
-        with self._lock:
-            permit = ticket.permit
-            if permit is None:
-                self._queue.remove(ticket)  # still queued: only a release takes it out, under the lock
-            waiting = len(self._queue)
+        permit = self._withdraw(ticket)
         if permit is not None:
             return permit
-        if self.on_queue is not None:
-            self.on_queue(waiting)
         waited = self.clock.now() - ticket.queued_at
         if self.on_shed is not None:
             self.on_shed("queue_timeout")
@@ -331,6 +323,17 @@ class AdmissionController:
             "queue_timeout",
             f"Load shed: no request slot came free within {waited * 1000:.0f}ms of waiting; try again shortly",
         )
+
+    def _withdraw(self, ticket: Ticket) -> Permit | None:
+        """The permit a release handed ``ticket``, or None after taking it out of the queue."""
+        with self._lock:
+            permit = ticket.permit
+            if permit is None:
+                self._queue.remove(ticket)  # still queued: only a release takes it out, under the lock
+            waiting = len(self._queue)
+        if permit is None and self.on_queue is not None:
+            self.on_queue(waiting)
+        return permit
 
     def _release(self, permit: Permit) -> None:
         now = self.clock.now()

@@ -35,8 +35,8 @@ _encode_string = json.encoder.encode_basestring
 
 def _strings_json(payload: dict[str, Any]) -> str | None:
     """``_ENCODER.encode(payload)`` for a dict of strings and such dicts (every body of both services),
-    or None for anything else. The encoder builds a new C encoder object per call; this is a quarter
-    of its time for ``{"echo": msg}``."""
+    or None for anything else. The encoder builds a new C encoder object per call; this takes about a
+    third of its time for ``{"echo": msg}`` (0.55 against 1.77 µs)."""
     parts = []
     for key, value in payload.items():
         if type(key) is not str:
@@ -70,7 +70,7 @@ class JsonResponse(Response):
             )
             return
         # What Werkzeug's __init__ sets for these arguments (the same attributes, headers in the same
-        # order), without its general path: 3.3 -> 0.8 µs, on every answer of both services.
+        # order), without its general path: 3.3 -> 0.7 µs, on every answer of both services.
         fields = Headers()
         fields._list = [("Content-Type", JSON_MIMETYPE), ("Content-Length", str(len(body)))]
         self.headers = fields

@@ -119,7 +119,7 @@ def test_a_wait_that_runs_out_is_refused_as_queue_timeout_and_gives_up_its_place
 def test_a_waiter_interrupted_while_waiting_leaves_neither_its_place_nor_a_slot_behind() -> None:
     """An exception inside the wait (a worker killing its greenlets): the place is given up, and a slot
     handed over in the meantime goes back."""
-    admission, clock, _shed, _queued = queueing()
+    admission, clock, _shed, queued = queueing()
     first, _second = fill(admission, clock)
     ticket = admission.enter(clock.now())
     assert isinstance(ticket, Ticket)
@@ -134,6 +134,7 @@ def test_a_waiter_interrupted_while_waiting_leaves_neither_its_place_nor_a_slot_
     with pytest.raises(Interrupted):
         admission.wait(ticket, 1.0)
     assert admission.queued == 0 and admission.in_flight == 2
+    assert queued == [1, 0]  # the gauge hears the place given up
 
     granted = admission.enter(clock.now())
     assert isinstance(granted, Ticket)
