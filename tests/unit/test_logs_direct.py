@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,3 +187,101 @@ def test_a_closed_stream_is_never_written_through_its_old_descriptor(logger: log
     handler.stream = io.StringIO()  # not setStream: it would flush the closed file
     assert (tmp_path / "second.log").read_text() == ""
     assert "to the first file" in (tmp_path / "first.log").read_text()
+
+
+# --- in a gevent worker: the lines of one turn of the event loop, written together when it ends ---
+
+Callback = Callable[[], None]
+
+
+class Turns:
+    """A stand-in for gevent's ``loop.run_callback``: the callbacks run when the test ends the turn."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callback] = []
+
+    def schedule(self, callback: Callback) -> None:
+        self.callbacks.append(callback)
+
+    def end(self) -> None:
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+@pytest.fixture
+def batched(tmp_path: Path) -> Iterator[tuple[logging.Logger, Turns, Path]]:
+    """A service logger writing to a real file, its lines gathered per turn of ``Turns``."""
+    path = tmp_path / "service.log"
+    logger = configure_logging("echokit_test_batch", "INFO", "text")
+    handler = logger.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    turns = Turns()
+    with open(path, "w", encoding="utf-8") as stream:
+        handler.setStream(stream)
+        logs.batch_writes(turns.schedule)
+        try:
+            yield logger, turns, path
+        finally:
+            logs.flush_writes()
+            logs._batch = None
+            handler.stream = sys.stderr
+            logger.handlers.clear()
+
+
+def logged(path: Path) -> list[str]:
+    """The messages in the log file so far."""
+    return [line.split(" echokit_test_batch ", 1)[1] for line in path.read_text().splitlines()]
+
+
+def test_lines_of_one_turn_reach_the_file_together_when_the_turn_ends(batched) -> None:
+    """Nothing is written while the turn runs; then every line, in the order it was logged."""
+    logger, turns, path = batched
+    with own_handler_only(logger):
+        logger.info("first")
+        logger.warning("second")
+        logger.access("GET", "/echo", 200, 1.5, None)
+        assert path.read_text() == ""
+        turns.end()
+        assert logged(path) == ["first", "second", "GET /echo 200 1.50ms"]
+        logger.info("next turn")
+        turns.end()
+        assert logged(path)[-1] == "next turn"
+
+
+def test_a_line_from_another_thread_is_written_at_once_after_what_the_turn_gathered(batched) -> None:
+    """Another thread has no turn to wait for: its line goes out immediately, behind the loop's lines."""
+    logger, turns, path = batched
+    with own_handler_only(logger):
+        logger.info("loop line")
+        thread = threading.Thread(target=logger.info, args=("thread line",))
+        thread.start()
+        thread.join(5)
+        assert logged(path) == ["loop line", "thread line"]
+        turns.end()  # the turn's callback finds nothing left to write
+        assert logged(path) == ["loop line", "thread line"]
+
+
+def test_a_large_batch_is_written_before_its_turn_ends(batched) -> None:
+    """A turn that logs more than BATCH_MAX_BYTES does not hold it all in memory."""
+    logger, _turns, path = batched
+    with own_handler_only(logger):
+        count = logs.BATCH_MAX_BYTES // 100 + 1
+        for number in range(count):
+            logger.info("%04d %s", number, "x" * 100)
+        written = logged(path)
+        assert 0 < len(written) < count  # the first BATCH_MAX_BYTES went out; the rest waits for the turn
+        assert written == [f"{n:04d} {'x' * 100}" for n in range(len(written))]
+
+
+def test_what_is_gathered_is_written_when_the_process_exits(tmp_path: Path) -> None:
+    """A worker that exits before its loop turns again still writes its last lines."""
+    script = (
+        "from echokit import logs\n"
+        "from echokit.logs import configure_logging\n"
+        "logger = configure_logging('service_a')\n"
+        "logs.batch_writes(lambda callback: None)  # a loop that never turns again\n"
+        "logger.info('GET /echo 200 0.50ms')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    assert result.stderr.rstrip("\n").endswith(" INFO service_a GET /echo 200 0.50ms")

@@ -25,6 +25,7 @@ from gunicorn.http.wsgi import FileWrapper, WSGIErrorsWrapper
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
+from echokit import logs
 from echokit.context import ARRIVAL_ENVIRON
 from echokit.lifecycle import Lifecycle
 from echokit.servers import http11
@@ -305,7 +306,11 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
         _ReleasingStreamServer.release_idle = self._release_idle
         # The module gunicorn's run() builds its servers from.
         ggevent.StreamServer = _OwnSocketStreamServer if self.cfg.reuse_port else _ReleasingStreamServer
-        super().run()
+        logs.batch_writes(gevent.get_hub().loop.run_callback)  # one log write per turn of the loop
+        try:
+            super().run()
+        finally:
+            logs.flush_writes()
 
     def _release_idle(self, count: int) -> int:
         """Close up to ``count`` of the connections idle longest between requests; how many."""
