@@ -20,7 +20,7 @@ from typing import Protocol
 from echokit.resilience.clock import Clock
 from echokit.settings import BALANCERS
 
-DEFAULT_DECAY_S = 2.0  # Finagle and Linkerd use 10 s; shorter forgives a loaded machine's stalls sooner
+DEFAULT_DECAY_S = 1.0  # Finagle and Linkerd use 10 s; shorter forgives a loaded machine's stalls sooner
 DEFAULT_RTT_S = 0.005  # estimate for an endpoint nothing has been measured on yet
 
 

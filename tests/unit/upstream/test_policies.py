@@ -116,6 +116,23 @@ def test_peak_ewma_jumps_up_at_once_and_decays_with_time():
     assert ewma.value() < 0.01  # unused, it decays toward zero: a slow endpoint is tried again later
 
 
+def test_a_stall_ten_times_the_usual_latency_costs_an_endpoint_its_calls_for_under_three_seconds():
+    """With the default decay, an endpoint that answered once in 30 ms (a descheduled process) is again
+    cheaper than one steadily answering in 3 ms within 3 s, so a new or briefly stalled replica is not
+    starved of calls for long."""
+    clock = ManualClock()
+    stalled, steady = PeakEwma(clock, 0.003), PeakEwma(clock, 0.003)
+    stalled.observe(0.030)
+    back_after = None
+    for tick in range(1, 1001):  # the steady one answers every 10 ms; the stalled one gets nothing
+        clock.advance(0.010)
+        steady.observe(0.003)
+        if stalled.value() < steady.value():
+            back_after = tick * 0.010
+            break
+    assert back_after is not None and back_after < 3.0
+
+
 class Fake:
     def __init__(self, latency_s: float, in_flight: int = 0) -> None:
         self.latency = PeakEwma(ManualClock(), latency_s)
