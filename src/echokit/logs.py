@@ -17,7 +17,6 @@ and both paths produce the same bytes: the formatters below build every line wit
 
 from __future__ import annotations
 
-import _thread
 import atexit
 import contextlib
 import functools
@@ -32,7 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from echokit.context import current_request_id
-from echokit.lifecycle import os_lock
+from echokit.lifecycle import os_lock, os_thread_ident
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -261,7 +260,7 @@ def _write(handler: logging.StreamHandler, line: str) -> None:  # type: ignore[t
     batch = _batch
     with _WRITE_LOCK:
         if batch is not None:
-            if batch.thread == _thread.get_native_id():
+            if batch.thread == batch.thread_ident():
                 batch.add(fd, data)
                 return
             batch.write_pending()  # what the loop's thread gathered goes first: lines stay in order
@@ -295,7 +294,8 @@ class WriteBatch:
 
     def __init__(self, schedule: Callable[[Callable[[], None]], Any]) -> None:
         self.schedule = schedule
-        self.thread = _thread.get_native_id()
+        self.thread_ident = os_thread_ident()
+        self.thread = self.thread_ident()
         self.pending: dict[int, list[bytes]] = {}  # descriptor -> its lines, in order
         self.size = 0
 
