@@ -4,7 +4,9 @@ Peak EWMA (Finagle, Linkerd): each endpoint keeps a latency estimate that jumps 
 observation at once and decays toward faster ones (and toward zero while unused) with time
 constant ``decay_s``. The cost of an endpoint is that estimate times (in-flight calls + 1); P2C
 draws two distinct usable endpoints at random and takes the cheaper, so a slow or stuck endpoint
-loses its traffic within a few calls while no single "best" endpoint is stampeded.
+loses its traffic within a few calls while no single "best" endpoint is stampeded. Estimates under
+``COST_FLOOR_S`` count as equal: between healthy replicas a millisecond or two is noise (a process
+descheduled on a busy host), and chasing it swings the traffic from one replica to another.
 
 Pure: the clock and the random source are injected.
 """
@@ -22,6 +24,7 @@ from echokit.settings import BALANCERS
 
 DEFAULT_DECAY_S = 1.0  # Finagle and Linkerd use 10 s; shorter forgives a loaded machine's stalls sooner
 DEFAULT_RTT_S = 0.005  # estimate for an endpoint nothing has been measured on yet
+COST_FLOOR_S = 0.005  # latencies under this are not told apart (in-flight calls still are)
 
 
 class PeakEwma:
@@ -73,14 +76,14 @@ class Balancer(Protocol):
 
 
 class P2CEwma:
-    """Power of two choices over ``latency * (in_flight + 1)``."""
+    """Power of two choices over ``max(latency, COST_FLOOR_S) * (in_flight + 1)``."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random()
 
     @staticmethod
     def cost(endpoint: Choice) -> float:
-        return endpoint.latency.value() * (endpoint.in_flight + 1)
+        return max(endpoint.latency.value(), COST_FLOOR_S) * (endpoint.in_flight + 1)
 
     def pick(self, candidates: Sequence[Choice]) -> int:
         count = len(candidates)

@@ -148,6 +148,14 @@ def test_p2c_never_picks_the_costlier_of_its_two_draws():
     assert 1200 < picks[1] < 1800 and 1200 < picks[2] < 1800
 
 
+def test_p2c_does_not_chase_differences_under_the_cost_floor():
+    """Healthy replicas a millisecond or two apart (noise on a busy host) share the calls evenly."""
+    balancer = P2CEwma(random.Random(3))
+    endpoints = [Fake(0.001), Fake(0.004), Fake(0.002)]
+    picks = Counter(balancer.pick(endpoints) for _ in range(3000))
+    assert all(800 < picks[i] < 1200 for i in range(3)), picks
+
+
 def test_p2c_weighs_in_flight_calls():
     """Equal latency: an endpoint with many calls in flight loses to idle ones."""
     balancer = P2CEwma(random.Random(2))
