@@ -7,12 +7,19 @@ half_open --(probe succeeds)--> closed;  half_open --(probe fails)--> open
 Only the probe's verdict moves a half-open breaker: calls admitted before the circuit opened may
 still finish while it is open or half-open, and their late results are counted but must not
 close (or re-open) the circuit, or a straggler's success would close it while A is still down.
+
+Failures in a row say "A is down" only when they are not all one endpoint's: with several
+endpoints usable, N timeouts from one frozen replica (calls that were stuck on it together, ending
+together) are outlier ejection's business, and opening the circuit would refuse the calls the
+healthy replicas were answering. So a failure names its ``sources`` (the endpoints the call tried),
+and the run of failures trips the circuit only once it spans ``sources_needed()`` of them (1 by
+default; a failure that names none counts as A's as a whole).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
 
@@ -61,12 +68,16 @@ class CircuitBreaker:
         config: BreakerConfig,
         clock: Clock,
         on_change: Callable[[str, str, str], None] | None = None,
+        sources_needed: Callable[[], int] = lambda: 1,
     ) -> None:
         self.config = config
         self.clock = clock
         self.on_change = on_change
+        self.sources_needed = sources_needed
         self._state = CLOSED
         self._consecutive_failures = 0
+        self._run_sources: set[str] = set()  # the endpoints that failed the current run of failures
+        self._run_is_general = False  # a failure in the run named no endpoint
         self._opened_at = 0.0
         self._probe_in_flight = False
         self._last_failure = "failure"
@@ -111,22 +122,26 @@ class CircuitBreaker:
         with self._lock:
             self._window.add("success")
             if self._state == CLOSED:
-                self._consecutive_failures = 0
+                self._end_run()
             elif self._state == HALF_OPEN and probe is not False:
-                self._consecutive_failures = 0
+                self._end_run()
                 self._probe_in_flight = False
                 notify = self._move(CLOSED, "probe call succeeded")
             # Otherwise a straggler admitted before the circuit opened: counted, no verdict.
         self._notify(notify)
 
-    def record_failure(self, description: str = "failure", probe: bool | None = None) -> None:
+    def record_failure(self, description: str = "failure", probe: bool | None = None,
+                       sources: Collection[str] = ()) -> None:
         """Count a failed call; ``description`` is repeated to callers refused while open.
-        ``probe`` as for ``record_success``."""
+        ``probe`` as for ``record_success``; ``sources`` are the endpoints it failed on (none: A as a
+        whole, e.g. no address known)."""
         notify = None
         with self._lock:
             self._last_failure = description
             self._window.add("failure")
             self._consecutive_failures += 1
+            self._run_sources.update(sources)
+            self._run_is_general = self._run_is_general or not sources
             if self._state == HALF_OPEN and probe is not False:
                 self._probe_in_flight = False
                 self._opened_at = self.clock.now()
@@ -145,9 +160,17 @@ class CircuitBreaker:
         with self._lock:
             self._probe_in_flight = False
 
+    def _end_run(self) -> None:
+        self._consecutive_failures = 0
+        self._run_sources.clear()
+        self._run_is_general = False
+
+    def _run_is_spread(self) -> bool:
+        return self._run_is_general or len(self._run_sources) >= self.sources_needed()
+
     def _trip_reason(self) -> str | None:
         cfg = self.config
-        if self._consecutive_failures >= cfg.failure_threshold:
+        if self._consecutive_failures >= cfg.failure_threshold and self._run_is_spread():
             return f"{self._consecutive_failures} consecutive failures"
         failures = self._window.total("failure")
         calls = failures + self._window.total("success")

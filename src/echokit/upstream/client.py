@@ -122,6 +122,8 @@ class EchoClient:
             ),
             clock,
             on_change=self._breaker_changed,
+            # Failures in a row open the circuit only if they are not one replica's alone.
+            sources_needed=lambda: min(2, self.endpoints.usable_count()) or 1,
         )
         if metrics is not None:
             metrics.set_breaker_state(self.breaker.state)
@@ -248,7 +250,7 @@ class EchoClient:
             )
         finally:
             if call.pending is not None:  # the failure that ended the call: now it is A's
-                self.breaker.record_failure(call.pending[0], probe=call.pending[1])
+                self.breaker.record_failure(call.pending[0], probe=call.pending[1], sources=call.tried)
 
     def _attempt(self, call: _Call, attempt: int) -> dict[str, str]:
         try:
@@ -265,7 +267,7 @@ class EchoClient:
                 if exc.retryable and len(self.endpoints) > 1:
                     call.pending = (exc.details, probe)  # judged when the call ends, unless retried
                 else:
-                    self.breaker.record_failure(exc.details, probe=probe)
+                    self.breaker.record_failure(exc.details, probe=probe, sources=call.tried)
             elif probe:  # only the probe holds the half-open slot; a straggler must not free it
                 self.breaker.release_probe()
             raise

@@ -62,6 +62,27 @@ def test_a_success_resets_the_consecutive_count() -> None:
     assert breaker.state == CLOSED
 
 
+def test_failures_in_a_row_from_one_of_several_endpoints_do_not_open_it() -> None:
+    """With two endpoints needed, a run of failures all from one endpoint (a frozen replica whose stuck
+    calls time out together) stays closed; the first failure from another endpoint in the run opens it."""
+    clock = ManualClock()
+    breaker = CircuitBreaker(BreakerConfig(3, 0.5, 1000, 10.0, 3.0), clock, sources_needed=lambda: 2)
+    for _ in range(6):
+        breaker.record_failure("Timeout", sources={"127.0.0.2:8080"})
+    assert breaker.state == CLOSED
+    breaker.record_failure("Timeout", sources={"127.0.0.3:8080"})
+    assert breaker.state == OPEN
+
+
+def test_a_failure_no_endpoint_is_to_blame_for_counts_for_a_as_a_whole() -> None:
+    """Failures without a source (no address known) open it even when two endpoints are needed."""
+    clock = ManualClock()
+    breaker = CircuitBreaker(BreakerConfig(3, 0.5, 1000, 10.0, 3.0), clock, sources_needed=lambda: 2)
+    for _ in range(3):
+        breaker.record_failure("Connection error: no address known")
+    assert breaker.state == OPEN
+
+
 def test_opens_on_failure_rate_once_min_calls_are_reached() -> None:
     """Alternating failures (50%) open the breaker once min_calls calls have been seen, not before."""
     breaker, _, changes = make_breaker(threshold=100, rate=0.5, min_calls=10)

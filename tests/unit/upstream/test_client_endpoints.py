@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -91,6 +92,32 @@ def test_all_endpoints_failing_still_opens_the_breaker(make_client, refused_url)
         with pytest.raises(UpstreamError):
             client.echo("x")
     assert client.breaker.state == "open"
+
+
+def test_timeouts_in_a_row_from_one_hung_endpoint_do_not_open_the_breaker(make_client, scripted_a):
+    """Calls stuck together on one hung replica time out together; a healthy replica is still answering,
+    so the breaker stays closed (ejection deals with the hung one) and the next calls succeed."""
+    hung, hung_server = scripted_a()
+    hung.hang()
+    _, good_server = scripted_a()
+    client = make_client([hung_server.url, good_server.url], balancer="round_robin", hedging=False,
+                         breaker_failure_threshold=2, retry_attempts=1, timeout_s=0.2)
+    outcomes: list[str] = []
+
+    def call() -> None:
+        try:
+            client.echo("x")
+            outcomes.append("ok")
+        except UpstreamError as exc:
+            outcomes.append(exc.outcome)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]  # round robin: two on each replica
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert sorted(outcomes) == ["ok", "ok", "timeout", "timeout"]
+    assert client.breaker.state == "closed"
 
 
 def _free_port() -> int:
