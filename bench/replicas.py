@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ def run_one(b: ServiceProcess, bad: ServiceProcess, args: argparse.Namespace) ->
     every = [r.latency_s for r in results]
     bad_key = f"127.0.0.1:{bad.port}"
     total = sum(attempts.values())
+    failures = Counter(f"{r.status} {r.body or r.error}"[:160] for r in results if r.status != 200)
     return {
         "requests": len(results),
         "success_rate": round(len(ok) / len(results), 5) if results else 0.0,
@@ -71,6 +73,7 @@ def run_one(b: ServiceProcess, bad: ServiceProcess, args: argparse.Namespace) ->
         "p999_ms": round(percentile(every, 0.999) * 1000, 2),
         "bad_replica_share": round(attempts.get(bad_key, 0.0) / total, 4) if total else 0.0,
         "attempts_per_call": round(total / len(results), 3) if results else 0.0,
+        "failures": dict(failures.most_common(3)),  # why calls were not 200, the commonest reasons
     }
 
 
@@ -100,6 +103,8 @@ def scenario(name: str, replicas: list[ServiceProcess], bad: ServiceProcess, wor
         print(f"  {name:<6} {label(balancer, hedge):<28} n={row['requests']:<5} ok={row['success_rate']:.2%}"
               f"  p50 {row['p50_ms']:7.1f}  p99 {row['p99_ms']:7.1f}  p99.9 {row['p999_ms']:7.1f} ms"
               f"  bad replica {row['bad_replica_share']:.1%}  attempts/call {row['attempts_per_call']}", flush=True)
+        for details, times in row["failures"].items():
+            print(f"         {times} x {details}", flush=True)
         if name == "frozen":
             time.sleep(0.5)  # let the thawed replica answer its backlog before the next run
     for b in bs:
