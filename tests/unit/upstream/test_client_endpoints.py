@@ -95,8 +95,8 @@ def test_all_endpoints_failing_still_opens_the_breaker(make_client, refused_url)
 
 
 def test_timeouts_in_a_row_from_one_hung_endpoint_do_not_open_the_breaker(make_client, scripted_a):
-    """Calls stuck together on one hung replica time out together; a healthy replica is still answering,
-    so the breaker stays closed (ejection deals with the hung one) and the next calls succeed."""
+    """Calls stuck together on one hung replica time out together while a healthy replica is still
+    answering, so the breaker stays closed: the hung replica is ejection's business."""
     hung, hung_server = scripted_a()
     hung.hang()
     _, good_server = scripted_a()
