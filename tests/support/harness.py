@@ -16,18 +16,23 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 
 from tests.support.waiting import wait_until
 
 __all__ = [
+    "CLIENT_IDLE_LIMIT_S",
     "REPO",
     "Pair",
     "ServiceProcess",
     "free_port",
     "group_pids",
     "launch",
+    "new_session",
     "port_is_closed",
     "start_service",
     "wait_until",
@@ -38,6 +43,41 @@ PYTHON = sys.executable
 GUNICORN = str(Path(PYTHON).with_name("gunicorn"))
 APP_FACTORY = {"a": "service_a.app:create_app()", "b": "service_b.app:create_app()"}
 START_TIMEOUT_S = 20.0
+
+# The tests' HTTP client opens a new connection instead of reusing one idle this long. A client
+# should give up an idle connection before the server does (the services' keep-alive is 5 s): a
+# request sent just as the server closes it gets "Connection reset by peer" (a CI run reused one
+# after exactly 5 s idle; reproduced 2 times in 24 at 5.00 s).
+CLIENT_IDLE_LIMIT_S = 2.0
+
+
+class _IdleLimitedPool(urllib3.HTTPConnectionPool):
+    """urllib3's pool, except that a connection idle for ``CLIENT_IDLE_LIMIT_S`` is closed, not reused."""
+
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None:
+            conn.echokit_idle_since = time.monotonic()
+        super()._put_conn(conn)
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)
+        idle_since = getattr(conn, "echokit_idle_since", None)
+        if idle_since is not None and time.monotonic() - idle_since >= CLIENT_IDLE_LIMIT_S:
+            conn.close()  # as urllib3 does with a connection it finds dropped: the next request reconnects
+        return conn
+
+
+class _IdleLimitedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {**self.poolmanager.pool_classes_by_scheme, "http": _IdleLimitedPool}
+
+
+def new_session() -> requests.Session:
+    """A ``requests.Session`` whose connections are never reused after ``CLIENT_IDLE_LIMIT_S`` idle."""
+    session = requests.Session()
+    session.mount("http://", _IdleLimitedAdapter())
+    return session
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -78,7 +118,7 @@ class ServiceProcess:
     port: int
     proc: subprocess.Popen[bytes]
     log_path: Path
-    session: requests.Session = field(default_factory=requests.Session)
+    session: requests.Session = field(default_factory=new_session)
     host: str = "127.0.0.1"  # another loopback address (127.0.0.2-4) for replicas sharing a port
 
     @property
