@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import select
 import time
 import weakref
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import gevent
+import gevent.monkey
 from gunicorn import util
 from gunicorn.http.wsgi import FileWrapper, WSGIErrorsWrapper
 from gunicorn.workers import ggevent
@@ -34,6 +36,15 @@ from echokit.servers.gunicorn_patches import write_json_error
 # How long a keep-alive connection must stay idle after the worker stops accepting before it is closed.
 IDLE_CLOSE_GRACE_S = 0.5
 
+_original_poll = gevent.monkey.get_original("select", "poll")  # never yields: asked from the hub itself
+
+
+def _has_unread_input(sock: Any) -> bool:
+    """Whether bytes (or the client's close) wait on ``sock`` that its greenlet has not read yet."""
+    poller = _original_poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
 
 class _KeepAliveOver(BaseException):
     """Thrown into a connection's greenlet when its wait for a next request is over (a BaseException,
@@ -46,6 +57,14 @@ class _NextRequestWait:
     of them to A) is not a request in flight and should not hold the shutdown for up to ``keepalive``
     seconds.
 
+    A request already waiting when the time runs out is read, not dropped: libev runs an iteration's
+    expired timers before its readable sockets, so on a busy worker (or by a few ms of its cached
+    clock) a client's next request sent just before the keep-alive ran out met a close with unread
+    input, a TCP reset (a ``requests.Session`` reusing a connection after 4.996-5.005 s idle: 11
+    resets in 30 before this check, 2 after; those two are the race no server can close, a request
+    sent as the close is on its way). ``sock``: the connection to check; that time is given once
+    per wait, then the wait ends in any case.
+
     ``reusable``: one per connection, entered once per request. Its libev timer is armed with
     ``again()``, which restarts it with the full time. A new ``gevent.Timeout`` per request cost
     about 8 µs of a loaded worker's ~120 per request (docs/performance-comparison.md, section 2),
@@ -54,17 +73,22 @@ class _NextRequestWait:
     stops it. Whoever made a reusable one calls :meth:`close` when the connection ends.
     """
 
-    def __init__(self, worker: GracefulGeventWorker, seconds: float, idle: bool, reusable: bool = False) -> None:
+    def __init__(
+        self, worker: GracefulGeventWorker, seconds: float, idle: bool, reusable: bool = False, sock: Any = None
+    ) -> None:
         self.worker = worker
         self.over = _KeepAliveOver()
         self.timer = gevent.get_hub().loop.timer(seconds, seconds)
         self.idle = idle  # False while waiting for a connection's first request: that one is kept
         self.reusable = reusable
+        self.sock = sock
+        self.extended = False
         self.greenlet: Any = None
 
     def __enter__(self) -> _NextRequestWait:
         self.greenlet = gevent.getcurrent()
-        self.timer.again(self.greenlet.throw, self.over)
+        self.extended = False
+        self.timer.again(self._ran_out)
         if self.idle:
             self.worker._idle_waits[self] = None  # last: the dict's order is oldest idle first
             if not self.worker.alive:
@@ -79,6 +103,12 @@ class _NextRequestWait:
         if not self.reusable:
             self.timer.close()
         return value is self.over  # our own: no next request, so the connection closes
+
+    def _ran_out(self) -> None:
+        if self.idle and self.sock is not None and not self.extended and _has_unread_input(self.sock):
+            self.extended = True
+            return  # the repeating timer fires once more, a full wait later, if the request has not come by then
+        self.greenlet.throw(self.over)
 
     def close(self) -> None:
         self.timer.close()
@@ -232,7 +262,7 @@ class GracefulGeventWorker(GeventWorker):  # type: ignore[misc]
         client.setblocking(1)  # gevent's socket: "blocking" yields to the loop
         keepalive = self.cfg.keepalive
         # How long a client may take to send a request's head; after the first, the keep-alive wait.
-        wait = _NextRequestWait(self, keepalive, False, reusable=True) if keepalive else None
+        wait = _NextRequestWait(self, keepalive, False, reusable=True, sock=client) if keepalive else None
         try:
             self._serve_connection(http11.Connection(client, addr, listener.getsockname(), config), wait)
         except http11.HTTPError as exc:  # refused before the app ran: gunicorn's warning, a JSON answer

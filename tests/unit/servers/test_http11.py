@@ -499,6 +499,52 @@ def test_the_keep_alive_timeout_counts_from_each_answer_not_from_the_connection(
         assert read_answer(stream).status == 200  # still the same connection
 
 
+def _hub_busy_while(server: WorkerServing, seconds: float, send: Callable[[], object]) -> None:
+    """Keep the worker's loop from running for ``seconds`` (a blocking call in the hub, as a CPU-bound
+    turn would), and ``send`` while it is stopped: the loop's next turn finds that input and the
+    expired keep-alive timer together."""
+    stopped = threading.Event()
+
+    def block() -> None:
+        stopped.set()
+        time.sleep(seconds)  # not gevent's sleep: nothing else in that thread runs meanwhile
+
+    blocker = threading.Thread(target=server.call, args=(block,))
+    blocker.start()
+    assert stopped.wait(5), "the worker's loop did not stop"
+    send()
+    blocker.join(timeout=seconds + 5)
+
+
+def test_a_request_waiting_when_the_keep_alive_runs_out_is_answered_not_reset(
+    serve: Callable[..., WorkerServing],
+) -> None:
+    """A next request already at the server when its keep-alive time runs out (the worker was busy) is
+    answered on that connection, not dropped with a reset."""
+    server = serve(Recorder(), keepalive=1)
+    with server.connect(timeout=5) as sock, sock.makefile("rb") as stream:
+        sock.sendall(GET)
+        assert read_answer(stream).status == 200
+        _hub_busy_while(server, 1.5, lambda: sock.sendall(GET))
+        assert read_answer(stream).status == 200
+
+
+def test_a_next_head_begun_as_the_keep_alive_runs_out_gets_one_more_keep_alive_at_most(
+    serve: Callable[..., WorkerServing],
+) -> None:
+    """A client that had begun its next request when the keep-alive ran out, and sends no more, is closed
+    one keep-alive time later: the allowance is given once, not each time the time runs out."""
+    server = serve(Recorder(), keepalive=1)
+    with server.connect(timeout=10) as sock, sock.makefile("rb") as stream:
+        sock.sendall(GET)
+        assert read_answer(stream).status == 200
+        _hub_busy_while(server, 1.5, lambda: sock.sendall(b"GET / HTTP/1.1\r\nX-Slow: "))
+        resumed = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(100) == b""  # closed (a timeout here would raise instead)
+        assert time.monotonic() - resumed < 1 + 1.5  # one more keep-alive, with room for a busy machine
+
+
 def test_a_stopping_worker_closes_idle_connections_and_says_close_on_busy_ones(
     serve: Callable[..., WorkerServing],
 ) -> None:
