@@ -41,9 +41,12 @@ _original_poll = gevent.monkey.get_original("select", "poll")  # never yields: a
 
 def _has_unread_input(sock: Any) -> bool:
     """Whether bytes (or the client's close) wait on ``sock`` that its greenlet has not read yet."""
-    poller = _original_poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
+    try:
+        poller = _original_poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # a socket already closed: nothing will be read from it
+        return False
 
 
 class _KeepAliveOver(BaseException):
