@@ -13,11 +13,20 @@ import threading
 import time
 from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 __all__ = ["Lifecycle", "LifecycleState"]
 
 
 IDLE_POLL_S = 0.005  # how often a draining process looks at its in-flight count
+
+
+def _unpatched_thread(name: str) -> Any:
+    """``_thread.<name>`` as it was before gevent's monkey-patching."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:  # without gevent.monkey imported, nothing is patched
+        return monkey.get_original("_thread", name)
+    return getattr(_thread, name)
 
 
 def os_lock() -> threading.Lock:
@@ -30,21 +39,15 @@ def os_lock() -> threading.Lock:
     correct when several OS threads run Python (the dev server, gevent's thread pool). Never hold
     it across anything that can switch greenlets: a greenlet waiting for it would block the hub.
     """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None:  # without gevent.monkey imported, nothing is patched
-        original: threading.Lock = monkey.get_original("_thread", "allocate_lock")()
-        return original
-    return threading.Lock()
+    lock: threading.Lock = _unpatched_thread("allocate_lock")()
+    return lock
 
 
 def os_thread_ident() -> Callable[[], int]:
     """The operating system thread's identity (``_thread.get_ident``), also under gevent's monkey-patching,
     which makes ``get_ident`` tell greenlets apart. A pointer read, unlike ``get_native_id`` (a system call)."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None:
-        original: Callable[[], int] = monkey.get_original("_thread", "get_ident")
-        return original
-    return _thread.get_ident
+    get_ident: Callable[[], int] = _unpatched_thread("get_ident")
+    return get_ident
 
 
 class LifecycleState(str, Enum):
